@@ -1,0 +1,206 @@
+"""One image through AdaViT for the app: cached so that a slider only redoes what it changes.
+
+Per uploaded image (keyed by its file, so the UI and the /analyze API share it):
+  loaded image + display base          once per upload
+  prepared tensor                      once per resolution
+  patching + stage 1 (evaluate.stage1_cache)  once per (resolution, fine ratio)
+  ATS1 .. head (evaluate.run_from_stage1)     on every keep/mode change: the only model work then
+Results are cached per settings too, so a layer toggle or a repeated request costs no model time.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import overlay
+from .config import Settings
+from .cost import Costs
+from .data import Prepared, prepare
+from .evaluate import Stage1, run_from_stage1, stage1_cache
+from .image import Loaded, load_image
+from .model import AdaViT
+from .trace import Trace
+
+MODE_CHOICES = ("top-k", "sample", "top-k + fuse", "sample + fuse")
+RESOLUTIONS = tuple(range(224, 449, 28))
+NOT_FLOWER_MAX_PROB = 0.30  # below this top-1 probability, or ...
+NOT_FLOWER_ENTROPY = 0.60  # ... above this share of the maximum entropy, say "probably not a flower"
+
+
+def parse_mode(mode: str) -> tuple[str, bool]:
+    """'top-k', 'sample', 'top-k + fuse', 'sample + fuse' (also 'topk', 'topk+fuse', ...) -> (mode, fuse)."""
+    text = str(mode).lower().replace(" ", "").replace("-", "")
+    fuse = text.endswith("+fuse")
+    base = text.removesuffix("+fuse")
+    if base not in ("topk", "sample"):
+        raise ValueError(f"mode must be one of {', '.join(MODE_CHOICES)}; got {mode!r}")
+    return base, fuse
+
+
+def make_settings(fine_ratio: float, keep1: float, keep2: float, mode: str, resolution: int = 224) -> Settings:
+    base, fuse = parse_mode(mode)
+    return Settings(float(fine_ratio), float(keep1), float(keep2), base, fuse, int(resolution))
+
+
+def mode_label(settings: Settings) -> str:
+    return ("top-k" if settings.mode == "topk" else "sample") + (" + fuse" if settings.fuse else "")
+
+
+@dataclass
+class ImageEntry:
+    """Everything derived from one upload that no slider changes, plus the per-setting caches."""
+
+    loaded: Loaded
+    base: np.ndarray  # display image (the analysed crop, 512..1024 px)
+    prepared: dict[int, Prepared] = field(default_factory=dict)
+    stage1: OrderedDict = field(default_factory=OrderedDict)  # (res, fine) -> (Stage1, ms)
+    results: OrderedDict = field(default_factory=OrderedDict)  # Settings -> Analysis
+
+
+@dataclass(frozen=True)
+class Analysis:
+    settings: Settings
+    trace: Trace  # offset/scale map its boxes into the uploaded image's pixels
+    probs: np.ndarray  # (C,)
+    top5: list[tuple[str, float]]
+    gflops: float
+    gflops_full: float
+    stage1_ms: float  # patching + stage 1, measured when this image's stage-1 cache was built
+    rest_ms: float  # ATS1 .. head, measured for this result
+    latency_ms_full: float  # median full-token forward at this resolution, this process
+    notes: tuple[str, ...] = ()
+    cached: bool = False  # True when the model did not run for this call
+
+    @property
+    def tokens_per_stage(self) -> tuple[int, ...]:
+        return self.trace.tokens_per_stage
+
+    @property
+    def latency_ms(self) -> float:
+        return self.stage1_ms + self.rest_ms
+
+    @property
+    def max_prob(self) -> float:
+        return float(self.probs.max())
+
+    @property
+    def entropy_share(self) -> float:
+        p = self.probs.astype(np.float64).clip(1e-12)
+        return float(-(p * np.log(p)).sum() / np.log(len(p)))
+
+    @property
+    def not_a_flower(self) -> bool:
+        return self.max_prob < NOT_FLOWER_MAX_PROB or self.entropy_share > NOT_FLOWER_ENTROPY
+
+    def to_json(self) -> dict:
+        return {
+            "top5": [{"label": n, "probability": round(p, 6)} for n, p in self.top5],
+            "tokens_per_stage": list(self.tokens_per_stage),
+            "gflops": round(self.gflops, 4),
+            "gflops_full": round(self.gflops_full, 4),
+            "latency_ms": round(self.latency_ms, 2),
+            "latency_ms_full": round(self.latency_ms_full, 2),
+            "probably_not_a_flower": self.not_a_flower,
+            "settings": self.settings.to_dict(),
+            "notes": list(self.notes),
+        }
+
+
+def _source_key(source: str | Path | bytes | Image.Image) -> str:
+    """Gradio stores each upload under a content-hash folder, so path + size + mtime is a content key."""
+    if isinstance(source, (str, Path)):
+        p = Path(source)
+        try:
+            st = p.stat()
+        except OSError:
+            return f"missing:{p}"
+        return f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    data = source.tobytes() if isinstance(source, Image.Image) else bytes(source)
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _lru_put(cache: OrderedDict, key, value, size: int) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > size:
+        cache.popitem(last=False)
+
+
+class Analyzer:
+    """The app's model runner; one per loaded model, shared by every session (thread-safe)."""
+
+    def __init__(self, model: AdaViT, class_names: list[str] | tuple[str, ...], max_images: int = 16):
+        if len(class_names) != model.config.num_classes:
+            raise ValueError(f"{len(class_names)} class names for a {model.config.num_classes}-class model")
+        self.model = model.eval()
+        self.class_names = tuple(class_names)
+        self.costs = Costs(model)
+        self.max_images = max_images
+        self._images: OrderedDict[str, ImageEntry] = OrderedDict()
+        self._lock = threading.RLock()  # one forward at a time: two would only share the same cores
+
+    def image(self, source: str | Path | bytes | Image.Image) -> ImageEntry:
+        """Load (or fetch from the cache) an upload; ImageError for anything unusable."""
+        key = _source_key(source)
+        with self._lock:
+            if key in self._images:
+                self._images.move_to_end(key)
+                return self._images[key]
+        loaded = load_image(source)  # outside the lock: decoding a big photo must not stall others
+        prep = prepare(loaded.image, 224)  # the crop is the same at every resolution
+        entry = ImageEntry(loaded, overlay.display_base(prep.crop), {224: prep})
+        with self._lock:
+            _lru_put(self._images, key, entry, self.max_images)
+        return entry
+
+    def _prepared(self, entry: ImageEntry, res: int) -> Prepared:
+        if res not in entry.prepared:
+            entry.prepared[res] = prepare(entry.loaded.image, res)
+        return entry.prepared[res]
+
+    def _stage1(self, entry: ImageEntry, prep: Prepared, settings: Settings) -> tuple[Stage1, float]:
+        key = (settings.resolution, settings.fine_ratio)
+        if key not in entry.stage1:
+            t = time.perf_counter()
+            cache = stage1_cache(self.model, prep.tensor, settings.fine_ratio)
+            _lru_put(entry.stage1, key, (cache, 1000 * (time.perf_counter() - t)), 4)
+        entry.stage1.move_to_end(key)
+        return entry.stage1[key]
+
+    def analyze(self, source: str | Path | bytes | Image.Image, settings: Settings) -> Analysis:
+        entry = self.image(source)
+        with self._lock, torch.inference_mode():
+            if settings in entry.results:
+                return replace(entry.results[settings], cached=True)
+            prep = self._prepared(entry, settings.resolution)
+            s1, s1_ms = self._stage1(entry, prep, settings)
+            t = time.perf_counter()
+            pred = run_from_stage1(self.model, s1, settings)
+            rest_ms = 1000 * (time.perf_counter() - t)
+            probs = pred.logits[0].float().softmax(-1).numpy()
+            gflops = self.costs.gflops(pred)
+            full_ms, full_gflops = self.costs.full(prep.tensor)
+        trace = pred.traces()[0]
+        h, w = trace.size  # the model's input: the crop resized (a timm ViT may round it to its patch)
+        crop_w, crop_h = prep.crop.size
+        trace = replace(trace, offset=prep.offset, scale=(crop_w / w, crop_h / h))
+        order = np.argsort(-probs, kind="stable")[:5]
+        result = Analysis(
+            settings, trace, probs, [(self.class_names[i], float(probs[i])) for i in order],
+            gflops, full_gflops, s1_ms, rest_ms, full_ms, entry.loaded.notes,
+        )
+        with self._lock:
+            _lru_put(entry.results, settings, result, 64)
+        return result
+
+    def views(self, source, result: Analysis, layers: overlay.Layers) -> list[np.ndarray]:
+        """The three per-stage overlays of `result` on the upload's display image."""
+        return overlay.render_all(self.image(source).base, result.trace, layers)

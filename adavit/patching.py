@@ -1,0 +1,141 @@
+"""Content-adaptive patching: a parameter-free gate picks detailed regions, which split into fine tokens.
+
+Every 28 px region becomes either one coarse token (the region area-resized to one 14 px patch,
+through the same pretrained patch embedding) or four fine 14 px tokens. A coarse token's position
+embedding is the mean of its four fine ones, so it sits where its fine tokens would have been.
+"""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
+
+from .config import PATCH, REGION, check_side
+
+
+@dataclass
+class Layout:
+    """Where each patch token of a batch came from (T tokens per image, CLS excluded)."""
+
+    boxes: torch.Tensor  # (B, T, 4) float: x0, y0, x1, y1 in model-input pixels
+    scales: torch.Tensor  # (B, T) int: 1 = fine 14 px, 2 = coarse 28 px
+    gate: torch.Tensor  # (B, T) detail score of the token's region
+    size: tuple[int, int]  # (H, W) of the model input
+
+
+def detail_score(images: torch.Tensor, low: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-region energy of what a coarse token loses: the image minus its 2x area-downsampled copy.
+
+    This is exactly the detail that the coarse embedding (region resized to one patch) cannot see.
+    `low` is `F.avg_pool2d(images, 2)` when the caller has it already. Returns (B, H/28, W/28).
+    """
+    b, c, h, w = images.shape
+    low = F.avg_pool2d(images, 2) if low is None else low
+    # nearest 2x upsampling as a broadcast over 2x2 blocks: the same values, without the copy
+    diff = images.reshape(b, c, h // 2, 2, w // 2, 2) - low[:, :, :, None, :, None]
+    energy = diff.pow(2).sum(1).reshape(b, 1, h, w)
+    return F.avg_pool2d(energy, REGION).squeeze(1)
+
+
+def split_mask(score: torch.Tensor, fine_ratio: float) -> torch.Tensor:
+    """The top `fine_ratio` share of regions per image (stable ties, so results are reproducible)."""
+    b, gh, gw = score.shape
+    n_fine = round(fine_ratio * gh * gw)
+    order = torch.sort(score.flatten(1), dim=1, descending=True, stable=True).indices
+    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(gh * gw, device=score.device).expand(b, -1).contiguous())
+    return (ranks < n_fine).view(b, gh, gw)
+
+
+def position_grid(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """The pretrained position grid resampled to `grid` fine patches: (1, gh*gw, D).
+
+    Bicubic with antialias off is what the backbone was trained against (antialias on is wrong).
+    """
+    return resample_abs_pos_embed(
+        pos_embed, list(grid), num_prefix_tokens=1, interpolation="bicubic", antialias=False
+    )[:, 1:]
+
+
+def _positions(vit, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fine (1, gh*gw, D) and coarse (1, gh*gw/4, D) position embeddings for `grid`.
+
+    The bicubic resample costs ~2 ms per call at 224 px on 2 cores, yet only changes when pos_embed
+    does. So when no gradient must flow into pos_embed it is cached on the ViT, keyed by the
+    parameter object, its storage and version counter (load_state_dict and optimizer steps bump it)
+    and by inference mode (an inference tensor must not leak into autograd-recording code).
+    """
+    pos_embed = vit.pos_embed
+    cacheable = not (torch.is_grad_enabled() and pos_embed.requires_grad)
+    stamp = (pos_embed.data_ptr(), pos_embed._version, torch.is_inference_mode_enabled())
+    cache = vit.__dict__.setdefault("_adavit_positions", {})
+    if cacheable and grid in cache:
+        owner, old_stamp, value = cache[grid]
+        if owner() is pos_embed and old_stamp == stamp:  # the very same parameter, unchanged
+            return value
+    gh, gw = grid
+    pos = position_grid(pos_embed, grid)
+    pos_coarse = F.avg_pool2d(pos.transpose(1, 2).reshape(1, -1, gh, gw), 2).flatten(2).transpose(1, 2)
+    if cacheable:
+        if len(cache) >= 8:  # a handful of resolutions at most; forget them all rather than grow
+            cache.clear()
+        cache[grid] = (weakref.ref(pos_embed), stamp, (pos, pos_coarse))
+    return pos, pos_coarse
+
+
+def _candidates(gh: int, gw: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Boxes, scales and raster keys of all fine (first) then all coarse candidate tokens."""
+    fy, fx = torch.meshgrid(torch.arange(gh, device=device), torch.arange(gw, device=device), indexing="ij")
+    fine_xy = torch.stack([fx, fy], -1).flatten(0, 1) * PATCH
+    cy, cx = torch.meshgrid(torch.arange(gh // 2, device=device), torch.arange(gw // 2, device=device), indexing="ij")
+    coarse_xy = torch.stack([cx, cy], -1).flatten(0, 1) * REGION
+    boxes = torch.cat([torch.cat([fine_xy, fine_xy + PATCH], 1), torch.cat([coarse_xy, coarse_xy + REGION], 1)])
+    scales = torch.cat([torch.ones(len(fine_xy)), torch.full((len(coarse_xy),), 2.0)]).to(device, torch.long)
+    # raster index of the top-left fine cell: orders tokens like the plain ViT when all are fine
+    keys = (boxes[:, 1] // PATCH) * gw + boxes[:, 0] // PATCH
+    return boxes.float(), scales, keys
+
+
+def embed(vit, images: torch.Tensor, fine_ratio: float) -> tuple[torch.Tensor, Layout]:
+    """Mixed-scale tokens (B, 1+T, D), CLS first, with position embeddings, and their layout.
+
+    Only the patch embeddings that are used get computed: when every region splits (fine_ratio 1:
+    the plain ViT) there is no coarse conv and no gather, and when none does, no fine conv.
+    """
+    b, _, h, w = images.shape
+    check_side(h, "image height")
+    check_side(w, "image width")
+    gh, gw = h // PATCH, w // PATCH
+    proj = vit.patch_embed.proj
+    pos, pos_coarse = _positions(vit, (gh, gw))
+    low = F.avg_pool2d(images, 2)  # what a coarse token sees, and the gate's reference
+    score = detail_score(images, low)  # (B, gh/2, gw/2)
+    split = split_mask(score, fine_ratio)
+    n_split = int(split[0].sum())  # the same for every image
+    boxes, scales, keys = _candidates(gh, gw, images.device)
+    n_fine = gh * gw
+    if n_split == split[0].numel():  # all fine, in raster order: exactly the plain ViT's tokens
+        tokens = proj(images).flatten(2).transpose(1, 2) + pos
+        idx = torch.arange(n_fine, device=images.device).expand(b, -1)
+    elif n_split == 0:  # all coarse, in raster order (coarse candidates follow the fine ones)
+        tokens = proj(low).flatten(2).transpose(1, 2) + pos_coarse
+        idx = torch.arange(n_fine, len(keys), device=images.device).expand(b, -1)
+    else:
+        fine = proj(images).flatten(2).transpose(1, 2)  # (B, gh*gw, D)
+        coarse = proj(low).flatten(2).transpose(1, 2)  # (B, gh*gw/4, D)
+        cand = torch.cat([fine + pos, coarse + pos_coarse], 1)
+        split_fine = split.repeat_interleave(2, 1).repeat_interleave(2, 2).flatten(1)
+        chosen = torch.cat([split_fine, ~split.flatten(1)], 1)  # (B, n_candidates)
+        big = keys.max() + 1
+        order = torch.argsort(torch.where(chosen, keys, big), dim=1, stable=True)
+        n_tokens = int(chosen[0].sum())
+        idx = order[:, :n_tokens]  # (B, T)
+        tokens = torch.gather(cand, 1, idx.unsqueeze(-1).expand(-1, -1, cand.shape[-1]))
+    cls = (vit.cls_token + vit.pos_embed[:, :1]).expand(b, -1, -1)
+    region_score = torch.cat([score.repeat_interleave(2, 1).repeat_interleave(2, 2).flatten(1), score.flatten(1)], 1)
+    layout = Layout(
+        boxes=boxes[idx], scales=scales[idx], gate=torch.gather(region_score, 1, idx), size=(h, w)
+    )
+    return torch.cat([cls, tokens], 1), layout

