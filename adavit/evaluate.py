@@ -329,6 +329,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--full", action="store_true", help="every token (the plain ViT); ignores the four above")
     p.add_argument("--latency-images", type=int, default=LATENCY_IMAGES,
                    help=f"batch-1 latency: median over this many images after {LATENCY_WARMUP} warm-up runs (0: skip)")
+    p.add_argument("--update-card", action="store_true",
+                   help='record the headline numbers in the checkpoint card\'s "val_metrics" (full split only)')
     return p
 
 
@@ -355,6 +357,18 @@ def report(res: EvalResult, split: str, latency_images: int) -> str:
         "most confused " + ("; ".join(f"{c['true']} -> {c['predicted']} ({c['count']})"
                                       for c in metrics.top_confusions(res.confusion(), res.names, 5)) or "none"),
     ])
+
+
+CARD_KEYS = ("top1", "weighted_f1", "gflops_mean", "tokens_per_stage", "latency_ms_b1", "n_images", "settings")
+
+
+def record_in_card(weights: Path, name: str, out: dict, split: str) -> None:
+    """Keep the card's other entries; a crash mid-write leaves the old card (atomic write)."""
+    card = checkpoint.read_card(weights)
+    entry = {k: out[k] for k in CARD_KEYS if k in out}
+    entry["command"] = "python -m adavit.evaluate" + (" --full" if name == "full" else "")
+    key = f"{split}_metrics"
+    metrics.write_json(checkpoint.card_path(weights), {**card, key: {**card.get(key, {}), name: entry}})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -386,6 +400,11 @@ def main(argv: Sequence[str] | None = None) -> int:
            **res.to_dict()}
     if args.json:
         print(f"wrote {metrics.write_json(args.json, out)}")
+    if args.update_card:
+        if args.per_class or args.limit:
+            print("not updating the card: its metrics must come from the whole split", file=sys.stderr)
+        else:
+            record_in_card(weights, "full" if args.full else "default", out, args.split)
     if args.html:
         title = f"AdaViT confusion matrix, Flowers-102 {args.split} ({res.n_images} images): {describe(settings)}"
         print(f"wrote {metrics.write_html(metrics.confusion_figure(res.confusion(), res.names, title), args.html)}")

@@ -153,6 +153,14 @@ def floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.25,0.5,1, got {text!r}") from None
 
 
+def extra_points(triples: Sequence[Sequence[float]], modes: Sequence[str], fuse: bool,
+                 resolution: int) -> list[Settings]:
+    for t in triples:
+        if len(t) != 3:
+            raise ValueError(f"--point takes fine_ratio,keep1,keep2 (three numbers), got {','.join(map(str, t))}")
+    return [Settings(f, k1, k2, m, fuse, resolution) for f, k1, k2 in triples for m in modes]
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m adavit.sweep", description=__doc__.split("\n\n")[0])
     add_model_args(p)
@@ -162,6 +170,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--keeps2", type=floats, default=[0.25, 0.5, 1.0])
     g.add_argument("--modes", default="topk", help=f"comma-separated, from {', '.join(MODES)}")
     g.add_argument("--fuse", action="store_true", help="fuse dropped tokens at every point")
+    g.add_argument("--point", type=floats, action="append", default=[], metavar="F,K1,K2",
+                   help="one more (fine_ratio, keep1, keep2) point beyond the grid, e.g. the 8x-fewer-tokens "
+                        "candidates; repeatable")
     p.add_argument("--latency-runs", type=int, default=LATENCY_RUNS,
                    help="batch-1 latency per point: median of N forwards on one image after a warm-up (0: skip)")
     p.add_argument("--update-card", action="store_true", help="write the points into the checkpoint card's \"sweep\"")
@@ -177,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         resolution = args.resolution or settings_from(card).resolution
         modes = [m.strip() for m in args.modes.split(",") if m.strip()]
         points = grid(args.fine_ratios, args.keeps1, args.keeps2, modes, args.fuse, resolution)
+        points = list(dict.fromkeys(points + extra_points(args.point, modes, args.fuse, resolution)))
         ds, root = eval_dataset(args.data_root, "val", resolution, args.per_class, args.limit)
         model = checkpoint.load_model(weights)
     except (ValueError, FileNotFoundError) as e:
