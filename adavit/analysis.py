@@ -31,6 +31,7 @@ from .trace import Trace
 
 MODE_CHOICES = ("top-k", "sample", "top-k + fuse", "sample + fuse")
 RESOLUTIONS = tuple(range(224, 449, 28))
+STAGE1_RUNS = 2  # patching + stage 1 timed twice per (image, fine ratio); the faster run is shown
 NOT_FLOWER_MAX_PROB = 0.30  # below this top-1 probability, or ...
 NOT_FLOWER_ENTROPY = 0.60  # ... above this share of the maximum entropy, say "probably not a flower"
 
@@ -169,9 +170,12 @@ class Analyzer:
     def _stage1(self, entry: ImageEntry, prep: Prepared, settings: Settings) -> tuple[Stage1, float]:
         key = (settings.resolution, settings.fine_ratio)
         if key not in entry.stage1:
-            t = time.perf_counter()
-            cache = stage1_cache(self.model, prep.tensor, settings.fine_ratio)
-            _lru_put(entry.stage1, key, (cache, 1000 * (time.perf_counter() - t)), 4)
+            times = []
+            for _ in range(STAGE1_RUNS):  # a first run at a new token count pays one-off start-up costs
+                t = time.perf_counter()
+                cache = stage1_cache(self.model, prep.tensor, settings.fine_ratio)
+                times.append(1000 * (time.perf_counter() - t))
+            _lru_put(entry.stage1, key, (cache, min(times)), 4)
         entry.stage1.move_to_end(key)
         return entry.stage1[key]
 

@@ -26,7 +26,9 @@ def hint(result: Analysis, trained: bool) -> str:
     if not trained:
         return "⚠️ **Untrained weights**: these classes are not predictions (see the model line at the top)."
     if result.not_a_flower:
-        return (f"🌼❓ **Probably not a flower** (or not one of the 102 Flowers-102 species): the top class has only "
+        # softmax confidence cannot tell "no flower" from "a flower photographed unlike Flowers-102"
+        return (f"🌼❓ **Unsure: probably not a flower, or not one of the 102 Flowers-102 species as that dataset "
+                f"photographs them**: the top class has only "
                 f"{100 * result.max_prob:.0f}% and the prediction is spread out "
                 f"(entropy {100 * result.entropy_share:.0f}% of the maximum).")
     return (f"Confident: top class {100 * result.max_prob:.0f}%, "
@@ -55,8 +57,8 @@ def stats_html(result: Analysis, server_ms: float, render_ms: float) -> str:
          "from the request to these overlays and numbers" + (" (cached: no model run)" if result.cached else "")),
     ]
     body = "".join(f"<tr><td>{html.escape(a)}</td><td>{b}</td><td>{c}</td></tr>" for a, b, c in rows)
-    notes = (f"Latency: patching + stage 1 {result.stage1_ms:.1f} ms (measured when this image and fine ratio were "
-             f"first run) + ATS1 → head {result.rest_ms:.1f} ms (measured now); full-token: median of 3 runs at "
+    notes = (f"Latency: patching + stage 1 {result.stage1_ms:.1f} ms (faster of 2 runs when this image and "
+             f"fine ratio were first run) + ATS1 → head {result.rest_ms:.1f} ms (measured now); full-token: median of 3 runs at "
              f"{s.resolution} px in this process. Overlays drawn and encoded in {render_ms:.0f} ms. "
              f"FLOPs: {html.escape(flop_convention())}.")
     return (f'<table class="adavit-stats" style="width:100%;font-size:0.95em">{body}</table>'

@@ -167,7 +167,7 @@ def fit_head(model: AdaViT, feats: torch.Tensor, labels: torch.Tensor, epochs: i
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return float(loss)
+    return loss.item()
 
 
 @torch.inference_mode()
@@ -276,7 +276,7 @@ def main(argv=None) -> int:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step_update(epoch * steps_per_epoch + i + 1)
-            tot += float(loss) * len(y)
+            tot += loss.item() * len(y)
             hit += float((pred.logits.argmax(1) == y).sum())
             n += len(y)
             tokens += float(pred.tokens_per_stage.float().mean(0).sum()) * len(y)

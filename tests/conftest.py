@@ -44,6 +44,16 @@ def prepare_vit(vit: torch.nn.Module, sharpen: float = 4.0) -> torch.nn.Module:
     return vit.eval()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for modules of tiny forwards: they gain nothing from two, and on a busy
+    machine OpenMP threads spin-wait for seconds. Restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def prepare():
     return prepare_vit

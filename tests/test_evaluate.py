@@ -16,18 +16,9 @@ from adavit.sampler import ceil_tokens
 
 needs_data = pytest.mark.skipif(data.default_data_root() is None,
                                 reason="Flowers-102 not found ($ADAVIT_DATA or ../shared/data)")
+pytestmark = pytest.mark.usefixtures("one_thread")
 CARD_SETTINGS = Settings(fine_ratio=0.5, keep1=0.5, keep2=0.25)
 SIDE = 112  # small inputs keep these tests fast; the token arithmetic is the same at any side
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: these tiny forwards gain nothing from two, and a busy machine (the training
-    job) makes OpenMP threads spin-wait for seconds. Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def expected_tokens(s: Settings) -> list[int]:

@@ -15,19 +15,10 @@ from adavit.sweep import grid, main, pareto, sweep
 
 needs_data = pytest.mark.skipif(data.default_data_root() is None,
                                 reason="Flowers-102 not found ($ADAVIT_DATA or ../shared/data)")
+pytestmark = pytest.mark.usefixtures("one_thread")
 SIDE = 112  # small inputs keep these tests fast
 CARD_KEYS = ("fine_ratio", "keep1", "keep2", "mode", "fuse", "top1", "weighted_f1", "gflops_mean",
              "latency_ms_b1", "tokens_per_stage")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: these tiny forwards gain nothing from two, and a busy machine (the training
-    job) makes OpenMP threads spin-wait for seconds. Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
