@@ -45,7 +45,7 @@ def _names(model: AdaViT, card: dict, data_root: Path | None) -> tuple[str, ...]
         if names and len(names) == model.config.num_classes:
             return tuple(names)
     if model.config.num_classes == data.NUM_CLASSES:
-        return tuple(data.class_names(data_root))  # numbered names when there is no data either
+        return tuple(data.class_names(data_root))  # the data's names, else the shipped card's, else numbers
     return tuple(f"class {i + 1}" for i in range(model.config.num_classes))
 
 

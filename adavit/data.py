@@ -15,6 +15,7 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 NUM_CLASSES = 102
+SHIPPED_CARD = REPO / "checkpoints" / "adavit_s14_flowers102.json"
 CROP_PCT = 1.0  # eval keeps the whole short side: nothing the user sees is cropped away twice
 
 
@@ -63,6 +64,10 @@ def class_names(root: str | Path | None = None) -> list[str]:
     """Names by 0-based target, from cat_to_name.json (keys are 1-based); numbered names otherwise."""
     path = Path(root) / "flowers-102" / "cat_to_name.json" if root else None
     if path is None or not path.exists():
+        # torchvision's download has no names file; the shipped card carries the same list
+        shipped = json.loads(SHIPPED_CARD.read_text()).get("class_names") if SHIPPED_CARD.exists() else None
+        if shipped and len(shipped) == NUM_CLASSES:
+            return list(shipped)
         return [f"class {i + 1}" for i in range(NUM_CLASSES)]
     names = json.loads(path.read_text())
     return [names.get(str(i + 1), f"class {i + 1}") for i in range(NUM_CLASSES)]

@@ -278,10 +278,10 @@ def settings_from(card: dict, **overrides) -> Settings:
 
 
 def eval_dataset(root: str | None, split: str, resolution: int, per_class: int | None = None,
-                 limit: int | None = None) -> tuple[Dataset, Path]:
+                 limit: int | None = None, download: bool = False) -> tuple[Dataset, Path]:
     """The split at eval geometry, optionally a stratified `per_class` subset and/or its first `limit`."""
-    path = data.resolve_data_root(root)
-    ds = data.flowers(path, split, data.eval_transform(resolution))
+    path = data.resolve_data_root(root, download)
+    ds = data.flowers(path, split, data.eval_transform(resolution), download=download)
     missing = [f for f in ds._image_files if not Path(f).exists()]
     if missing:  # torchvision checks only the .mat files; this copy may lack a split's images
         raise ValueError(f"the {split} split's images are not under {path / 'flowers-102' / 'jpg'} "
@@ -304,6 +304,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help=f"weights (default {checkpoint.SHIPPED})")
     p.add_argument("--data-root", default=None,
                    help="folder holding flowers-102/ (default: $ADAVIT_DATA or ../shared/data)")
+    p.add_argument("--download", action="store_true",
+                   help="fetch Flowers-102 with torchvision when it is missing (needs internet; default place: "
+                        "~/.cache/adavit/data)")
     p.add_argument("--resolution", type=int, default=None, help="input side in px (default: card's, else 224)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
@@ -385,7 +388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             settings = settings_from(card, fine_ratio=args.fine_ratio, keep1=args.keep1, keep2=args.keep2,
                                      mode=args.mode, fuse=args.fuse, resolution=args.resolution)
-        ds, root = eval_dataset(args.data_root, args.split, settings.resolution, args.per_class, args.limit)
+        ds, root = eval_dataset(args.data_root, args.split, settings.resolution, args.per_class, args.limit,
+                                args.download)
         model = checkpoint.load_model(weights)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

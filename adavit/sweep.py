@@ -189,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         modes = [m.strip() for m in args.modes.split(",") if m.strip()]
         points = grid(args.fine_ratios, args.keeps1, args.keeps2, modes, args.fuse, resolution)
         points = list(dict.fromkeys(points + extra_points(args.point, modes, args.fuse, resolution)))
-        ds, root = eval_dataset(args.data_root, "val", resolution, args.per_class, args.limit)
+        ds, root = eval_dataset(args.data_root, "val", resolution, args.per_class, args.limit, args.download)
         model = checkpoint.load_model(weights)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -85,7 +85,10 @@ class InMemory(Dataset):
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-root", default=None)
+    p.add_argument("--data-root", default=None, help="folder holding flowers-102/ (default: $ADAVIT_DATA or "
+                   "../shared/data)")
+    p.add_argument("--download", action="store_true", help="fetch Flowers-102 with torchvision when it is missing "
+                   "(needs internet)")
     p.add_argument("--out", default="runs/flowers")
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=32)
@@ -218,7 +221,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        root = data.resolve_data_root(args.data_root)
+        root = data.resolve_data_root(args.data_root, args.download)
+        base = data.flowers(root, "train", download=args.download)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -227,7 +231,6 @@ def main(argv=None) -> int:
     model = checkpoint.from_backbone(config, args.onnx).to(device)
     frozen_prefix(model, args.freeze_blocks)
 
-    base = data.flowers(root, "train")
     eval_tf = data.eval_transform(args.resolution)
     images = decode_all(base, round(args.resolution * 1.3), args.limit)
     train_set = InMemory(images, data.train_transform(args.resolution))

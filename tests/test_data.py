@@ -19,7 +19,13 @@ def test_class_names_come_from_cat_to_name_json():
     assert len(set(names)) == data.NUM_CLASSES
 
 
-def test_class_names_without_json_are_numbered(tmp_path):
+def test_class_names_without_json_come_from_the_shipped_card(tmp_path):
+    names = data.class_names(tmp_path)  # e.g. after torchvision's download, which has no names file
+    assert len(names) == 102 and names[0] == "pink primrose" and names[-1] == "blackberry lily"
+
+
+def test_class_names_without_json_or_card_are_numbered(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "SHIPPED_CARD", tmp_path / "none.json")
     names = data.class_names(tmp_path)
     assert names[0] == "class 1" and names[-1] == "class 102"
 
