@@ -49,7 +49,7 @@ class Settings:
     def __post_init__(self) -> None:
         _check_ratio("fine_ratio", self.fine_ratio, low_open=False)
         check_side(self.resolution, "resolution")
-        self.sampling  # validates keep1, keep2 and mode
+        _ = self.sampling  # validates keep1, keep2 and mode
 
     @property
     def sampling(self) -> Sampling:

@@ -45,7 +45,8 @@ def split_mask(score: torch.Tensor, fine_ratio: float) -> torch.Tensor:
     b, gh, gw = score.shape
     n_fine = round(fine_ratio * gh * gw)
     order = torch.sort(score.flatten(1), dim=1, descending=True, stable=True).indices
-    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(gh * gw, device=score.device).expand(b, -1).contiguous())
+    positions = torch.arange(gh * gw, device=score.device).expand(b, -1).contiguous()
+    ranks = torch.empty_like(order).scatter_(1, order, positions)
     return (ranks < n_fine).view(b, gh, gw)
 
 

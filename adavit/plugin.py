@@ -184,7 +184,8 @@ def patch(model: nn.Module, keep: Sequence[float] | float = DEFAULT_KEEP, after:
     """
     blocks = getattr(model, "blocks", None)
     if not isinstance(blocks, nn.Sequential):
-        raise ValueError(f"{type(model).__name__} has no nn.Sequential `blocks`; patch expects a timm VisionTransformer")
+        raise ValueError(f"{type(model).__name__} has no nn.Sequential `blocks`; "
+                         "patch expects a timm VisionTransformer")
     if getattr(model, "cls_token", None) is None:
         raise ValueError("ATS scores tokens by the CLS token's attention, and this model has no class token")
     if getattr(model, "grad_checkpointing", False):
@@ -195,7 +196,8 @@ def patch(model: nn.Module, keep: Sequence[float] | float = DEFAULT_KEEP, after:
             raise ValueError(f"block {i} ({type(blk).__name__}) has no `attn.qkv` Linear; "
                              "ATS needs timm's standard fused-qkv Attention")
     sampling = Sampling(_keep_tuple(keep, len(DEFAULT_KEEP) if after is None else len(after)), mode, fuse)
-    pooling = {"padding_problem": _padding_problem(model), "pool_prefix": bool(getattr(model, "pool_include_prefix", False))}
+    pooling = {"padding_problem": _padding_problem(model),
+               "pool_prefix": bool(getattr(model, "pool_include_prefix", False))}
     if isinstance(blocks, ATSBlocks):
         blocks.configure(sampling, after)
         for name, value in pooling.items():

@@ -58,8 +58,9 @@ def stats_html(result: Analysis, server_ms: float, render_ms: float) -> str:
     ]
     body = "".join(f"<tr><td>{html.escape(a)}</td><td>{b}</td><td>{c}</td></tr>" for a, b, c in rows)
     notes = (f"Latency: patching + stage 1 {result.stage1_ms:.1f} ms (faster of 2 runs when this image and "
-             f"fine ratio were first run) + ATS1 → head {result.rest_ms:.1f} ms (measured now); full-token: median of 3 runs at "
-             f"{s.resolution} px in this process. Overlays drawn and encoded in {render_ms:.0f} ms. "
+             f"fine ratio were first run) + ATS1 → head {result.rest_ms:.1f} ms (measured now); "
+             f"full-token: median of 3 runs at {s.resolution} px in this process. "
+             f"Overlays drawn and encoded in {render_ms:.0f} ms. "
              f"FLOPs: {html.escape(flop_convention())}.")
     return (f'<table class="adavit-stats" style="width:100%;font-size:0.95em">{body}</table>'
             f'<div style="font-size:0.8em;opacity:0.75;margin-top:4px">{notes}</div>')

@@ -98,7 +98,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--warmup-epochs", type=float, default=0.5)
     p.add_argument("--freeze-blocks", type=int, default=0,
-                   help="patch embedding + this many blocks stay frozen (4 = stage 1: faster on a CPU, 1-2 points lower in our runs)")
+                   help="patch embedding + this many blocks stay frozen "
+                        "(4 = stage 1: faster on a CPU, 1-2 points lower in our runs)")
     p.add_argument("--probe-epochs", type=int, default=100, help="head-only epochs on cached features (0 = off)")
     p.add_argument("--resolution", type=int, default=224)
     p.add_argument("--full-tokens", action="store_true", help="train with every token (the timing baseline)")

@@ -71,9 +71,8 @@ def test_timm_matches_onnx_at_224(image: str, onnx_path: Path, model_224) -> Non
 
 def test_antialiased_pos_embed_would_be_wrong(onnx_path: Path, model_224) -> None:
     """Guards the one non-obvious choice: timm's default (antialias on) gives a different network."""
-    from timm.layers import resample_abs_pos_embed
-
     from safetensors.torch import load_file
+    from timm.layers import resample_abs_pos_embed
 
     native = load_file(str(backbone.backbone_weights()))["pos_embed"]
     aliased = resample_abs_pos_embed(native, [16, 16], num_prefix_tokens=1, antialias=True)

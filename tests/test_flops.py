@@ -16,7 +16,7 @@ def test_counter_counts_cpu_attention():
     mask = torch.ones(2, 1, 1, 50, dtype=torch.bool)
     for kwargs in ({}, {"attn_mask": mask}):
         with torch.inference_mode():
-            n = flops.count_flops(lambda: F.scaled_dot_product_attention(q, k, v, **kwargs))
+            n = flops.count_flops(lambda kw=kwargs: F.scaled_dot_product_attention(q, k, v, **kw))
         assert n == 2 * (2 * 2 * 6 * 50 * 50 * 64)  # QK^T and AV, 2 FLOPs per multiply-add
 
 
@@ -32,7 +32,7 @@ def test_block_formula_matches_the_counter(model):
     blk = model.vit.blocks[0]
     for n in (2, 29, 257):
         with torch.inference_mode():
-            counted = flops.count_flops(lambda: blk(torch.zeros(1, n, d)))
+            counted = flops.count_flops(lambda n=n: blk(torch.zeros(1, n, d)))
         assert counted == flops.block_flops(n, d, blk.mlp.fc1.out_features)
 
 
