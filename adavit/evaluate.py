@@ -369,7 +369,11 @@ def record_in_card(weights: Path, name: str, out: dict, split: str) -> None:
     """Keep the card's other entries; a crash mid-write leaves the old card (atomic write)."""
     card = checkpoint.read_card(weights)
     entry = {k: out[k] for k in CARD_KEYS if k in out}
-    entry["command"] = "python -m adavit.evaluate" + (" --full" if name == "full" else "")
+    s = out["settings"]
+    entry["command"] = "python -m adavit.evaluate" + (
+        " --full" if name == "full" else "" if name == "default" else
+        f" --fine-ratio {s['fine_ratio']} --keep1 {s['keep1']} --keep2 {s['keep2']} --mode {s['mode']}"
+        + (" --fuse" if s["fuse"] else ""))
     key = f"{split}_metrics"
     metrics.write_json(checkpoint.card_path(weights), {**card, key: {**card.get(key, {}), name: entry}})
 
@@ -408,7 +412,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.per_class or args.limit:
             print("not updating the card: its metrics must come from the whole split", file=sys.stderr)
         else:
-            record_in_card(weights, "full" if args.full else "default", out, args.split)
+            # only the card's own default setting may be recorded as "default"; other settings under their values
+            name = "full" if args.full else "default" if settings == settings_from(card) else describe(settings)
+            record_in_card(weights, name, out, args.split)
     if args.html:
         title = f"AdaViT confusion matrix, Flowers-102 {args.split} ({res.n_images} images): {describe(settings)}"
         print(f"wrote {metrics.write_html(metrics.confusion_figure(res.confusion(), res.names, title), args.html)}")
