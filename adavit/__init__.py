@@ -8,14 +8,17 @@
     adavit.patch(timm_vit, keep=(0.5, 0.5))           # ATS on any timm VisionTransformer, in place
     adavit.set_sampling(timm_vit, keep=(0.7, 0.4), mode="sample", fuse=True)
     adavit.unpatch(timm_vit)
+
+Subpackages, in layer order (each imports only from those before it): core, weights, data, measure,
+train, app. `python -m adavit --help` lists the commands.
 """
-from .checkpoint import from_backbone, load_model
-from .config import AdaViTConfig, Sampling, Settings
-from .model import AdaViT, Prediction
-from .plugin import is_patched, patch, set_sampling, unpatch
-from .trace import StageTrace, Trace
+from .core.config import DEFAULT_SETTINGS, AdaViTConfig, Sampling, Settings
+from .core.model import AdaViT, Prediction
+from .core.plugin import is_patched, patch, set_sampling, unpatch
+from .core.trace import StageTrace, Trace
+from .weights.checkpoint import from_backbone, load_model
 
 __all__ = [
-    "AdaViT", "AdaViTConfig", "Prediction", "Sampling", "Settings", "StageTrace", "Trace",
+    "DEFAULT_SETTINGS", "AdaViT", "AdaViTConfig", "Prediction", "Sampling", "Settings", "StageTrace", "Trace",
     "from_backbone", "is_patched", "load_model", "patch", "set_sampling", "unpatch",
 ]

@@ -6,11 +6,11 @@ cd "$(dirname "$0")/.."
 bash scripts/venv.sh requirements.txt
 py() { echo "+ python $*"; .venv/bin/python "$@"; }
 mkdir -p results
-py -m adavit.evaluate --update-card --json results/eval_default.json --html results/confusion_default.html
-py -m adavit.evaluate --full --update-card --json results/eval_full.json
+py -m adavit evaluate --update-card --json results/eval_default.json --html results/confusion_default.html
+py -m adavit evaluate --full --update-card --json results/eval_full.json
 # the grid, the default and settings whose last stage runs on 32 tokens (257 / 32 = 8x fewer)
-py -m adavit.sweep --update-card --json results/sweep.json --html results/sweep.html \
+py -m adavit sweep --update-card --json results/sweep.json --html results/sweep.html \
   --point 0.3,0.5,0.5 --point 0.3,1,0.25 --point 0.5,1,0.19 --point 0.5,0.5,0.38 --point 1,0.5,0.24 --point 1,1,0.12
-py -m adavit.bench --json results/bench.json
-py -m adavit.appbench --json results/appbench.json
-py -m adavit.traintime --json results/train_timing.json
+py -m adavit bench --json results/bench.json
+py -m adavit appbench --json results/appbench.json
+py -m adavit traintime --json results/train_timing.json

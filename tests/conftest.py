@@ -14,8 +14,8 @@ import copy
 import pytest
 import torch
 
-from adavit.config import AdaViTConfig
-from adavit.model import AdaViT
+from adavit.core.config import AdaViTConfig
+from adavit.core.model import AdaViT
 
 
 def sharpen_attention(vit: torch.nn.Module, factor: float = 4.0) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import socket
 import threading
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,14 +14,14 @@ import torch
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
-import app  # noqa: E402
-from adavit.analysis import make_settings  # noqa: E402
-from adavit.app_model import tiny  # noqa: E402
+from adavit.app import ui as app  # noqa: E402
+from adavit.app.analysis import make_settings  # noqa: E402
+from adavit.app.models import tiny  # noqa: E402
 from adavit.data import prepare  # noqa: E402
-from adavit.image import load_image  # noqa: E402
+from adavit.data.upload import load_image  # noqa: E402
 from tests.test_image import bad_inputs, odd_inputs  # noqa: E402
 
-EXAMPLES = Path(app.__file__).parent / "assets" / "examples"
+EXAMPLES = app.EXAMPLES
 FLOWER, COFFEE = str(EXAMPLES / "flower.jpg"), str(EXAMPLES / "coffee.jpg")
 
 

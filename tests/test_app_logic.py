@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from adavit import analysis, app_model, readouts
-from adavit.analysis import Analyzer, make_settings, parse_mode
-from adavit.config import Settings
-from adavit.cost import Costs
+from adavit.app import analysis, readouts
+from adavit.app import models as app_model
+from adavit.app.analysis import Analyzer, make_settings, parse_mode
+from adavit.app.cost import Costs
+from adavit.app.live_accuracy import SWEEP, LiveAccuracy, SweepLookup
+from adavit.app.pareto import figure
+from adavit.core.config import Settings
 from adavit.data import default_data_root, prepare
-from adavit.image import ImageError, load_image
-from adavit.live_accuracy import SWEEP, LiveAccuracy, SweepLookup
-from adavit.pareto import figure
+from adavit.data.upload import ImageError, load_image
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOWER = str(ROOT / "assets" / "examples" / "flower.jpg")
@@ -75,7 +76,7 @@ def test_bad_upload_raises_image_error(tiny, tmp_path):
 
 
 def test_gflops_equal_the_projects_counter_on_the_real_forward(tiny):
-    from adavit.flops import count_flops
+    from adavit.measure.flops import count_flops
 
     costs = Costs(tiny.model)
     for s in SETTINGS + [Settings.full(252)]:
@@ -116,8 +117,7 @@ def test_sweep_lookup_exact_nearest_and_labelled():
 
 @pytest.mark.parametrize("settings", SETTINGS[:3], ids=str)
 def test_stage2_cache_resumes_exactly(tiny, settings):
-    from adavit.evaluate import stage1_cache
-    from adavit.live_accuracy import run_from_stage2, stage2_cache
+    from adavit.measure.cache import run_from_stage2, stage1_cache, stage2_cache
 
     images = torch.randn(3, 3, 224, 224)
     with torch.inference_mode():
@@ -132,8 +132,8 @@ def test_stage2_cache_resumes_exactly(tiny, settings):
 
 @pytest.mark.skipif(default_data_root() is None, reason="needs Flowers-102 (../shared/data or ADAVIT_DATA)")
 def test_live_accuracy_matches_a_direct_evaluation(tiny, monkeypatch):
-    from adavit import live_accuracy
-    from adavit.evaluate import eval_dataset
+    from adavit.app import live_accuracy
+    from adavit.data import eval_dataset
 
     calls = []
     real = live_accuracy.stage1_cache
@@ -185,7 +185,7 @@ def test_default_model_says_which_weights(tmp_path):
 
 
 def test_timm_models_fail_with_a_message_and_no_side_effects(monkeypatch):
-    from adavit.explorer import Explorer
+    from adavit.app.explorer import Explorer
 
     with pytest.raises(ValueError, match="timm has no model"):
         app_model.load_timm("no_such_vit_123")
@@ -199,9 +199,9 @@ def test_timm_models_fail_with_a_message_and_no_side_effects(monkeypatch):
 
 
 def test_timm_vit_runs_with_ats_and_equals_timm_at_full_tokens():
-    from adavit import plugin
-    from adavit.explorer import Explorer
-    from adavit.overlay import Layers
+    from adavit.app.explorer import Explorer
+    from adavit.app.overlay import Layers
+    from adavit.core import plugin
 
     m = app_model.load_timm("deit_tiny_patch16_224", pretrained=False)
     assert not m.trained and "fine-ratio slider does not apply" in m.weights and len(m.class_names) == 1000

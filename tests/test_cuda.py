@@ -6,8 +6,9 @@ import timm
 import torch
 
 import adavit
-from adavit import checkpoint, flops
-from adavit.config import Settings
+from adavit.core.config import Settings
+from adavit.measure import flops
+from adavit.weights import checkpoint
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),

@@ -6,6 +6,7 @@ from collections import Counter
 import pytest
 
 from adavit import data
+from adavit.data import datasets
 
 ROOT = data.default_data_root()
 needs_data = pytest.mark.skipif(ROOT is None, reason="Flowers-102 not found ($ADAVIT_DATA or ../shared/data)")
@@ -25,7 +26,7 @@ def test_class_names_without_json_come_from_the_shipped_card(tmp_path):
 
 
 def test_class_names_without_json_or_card_are_numbered(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "SHIPPED_CARD", tmp_path / "none.json")
+    monkeypatch.setattr(datasets, "SHIPPED_CARD", tmp_path / "none.json")
     names = data.class_names(tmp_path)
     assert names[0] == "class 1" and names[-1] == "class 102"
 
@@ -48,7 +49,7 @@ def test_stratified_subset_of_the_train_split():
 
 def test_resolve_data_root_without_data_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.delenv("ADAVIT_DATA", raising=False)
-    monkeypatch.setattr(data, "SHARED_DATA", tmp_path / "absent")
+    monkeypatch.setattr(datasets, "SHARED_DATA", tmp_path / "absent")
     assert data.default_data_root() is None
     with pytest.raises(ValueError, match="no Flowers-102 data found: pass --data-root DIR"):
         data.resolve_data_root(None)

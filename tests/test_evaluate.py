@@ -8,11 +8,14 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from adavit import checkpoint, data, metrics
-from adavit.config import AdaViTConfig, Settings
-from adavit.evaluate import evaluate, main, run_from_stage1, stage1_cache
-from adavit.model import AdaViT
-from adavit.sampler import ceil_tokens
+from adavit import data
+from adavit.core.config import AdaViTConfig, Settings
+from adavit.core.model import AdaViT
+from adavit.core.sampler import ceil_tokens
+from adavit.measure import metrics
+from adavit.measure.cache import run_from_stage1, stage1_cache
+from adavit.measure.evaluate import evaluate, main
+from adavit.weights import checkpoint
 
 needs_data = pytest.mark.skipif(data.default_data_root() is None,
                                 reason="Flowers-102 not found ($ADAVIT_DATA or ../shared/data)")

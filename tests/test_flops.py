@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adavit import flops
-from adavit.config import Settings
-from adavit.stages import run_stage
+from adavit.core.config import Settings
+from adavit.core.stages import run_stage
+from adavit.measure import flops
 
 
 def test_counter_counts_cpu_attention():
@@ -75,7 +75,7 @@ def test_per_image_gflops_in_a_padded_batch(peaked_model, images):
 
 
 def test_plain_vit_formula_matches_timm(model):
-    from adavit.bench import plain_vit
+    from adavit.measure.bench import plain_vit
 
     plain = plain_vit(model, 224)
     with torch.inference_mode():
@@ -90,7 +90,7 @@ def test_stage_flops_are_quadratic_in_tokens(model):
     d = model.vit.embed_dim
 
     def count(n):
-        from adavit.sampler import Tokens
+        from adavit.core.sampler import Tokens
 
         tokens = Tokens(torch.zeros(1, n, d), torch.arange(n - 1)[None], None)
         with torch.inference_mode():

@@ -1,4 +1,4 @@
-"""Every kind of awkward upload, generated in a tmp dir, through `adavit.image.load_image`.
+"""Every kind of awkward upload, generated in a tmp dir, through `adavit.data.upload.load_image`.
 
 `bad_inputs` and `odd_inputs` are reused by the app tests, which send the same files to the server.
 """
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adavit.image import MIN_SIDE, WORK_SIDE, ImageError, load_image
+from adavit.data.upload import MIN_SIDE, WORK_SIDE, ImageError, load_image
 
 
 def _photo(w: int, h: int, seed: int = 0) -> Image.Image:

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from adavit import checkpoint, latency
-from adavit.attention import local_window_mask, window_ids
-from adavit.bench import plain_vit
-from adavit.config import AdaViTConfig, Settings
-from adavit.model import AdaViT
-from adavit.sampler import FUSED
-from adavit.stages import _centres
+from adavit.core.attention import local_window_mask, window_ids
+from adavit.core.config import AdaViTConfig, Settings
+from adavit.core.model import AdaViT
+from adavit.core.sampler import FUSED
+from adavit.core.stages import _centres
+from adavit.measure import latency
+from adavit.measure.bench import plain_vit
+from adavit.weights import checkpoint
 
 SETTINGS = {
     "topk": Settings(fine_ratio=0.5, keep1=0.5, keep2=0.6),
@@ -149,7 +150,7 @@ def test_bad_image_shape_raises(model):
         model(torch.zeros(3, 224, 224))
 
 
-# ---------------------------------------------------------------- adavit.latency
+# ---------------------------------------------------------------- adavit.measure.latency
 
 
 def test_cpu_layout_changes_nothing_but_strides(model, images, tmp_path):

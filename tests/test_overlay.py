@@ -6,11 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
-from adavit import overlay
-from adavit.app_model import tiny
-from adavit.config import Settings
-from adavit.overlay import COARSE, DROPPED, FINE, Layers, display_base, legend_html, render, render_all
-from adavit.trace import StageTrace, Trace
+from adavit.app import overlay
+from adavit.app.models import tiny
+from adavit.app.overlay import COARSE, DROPPED, FINE, Layers, display_base, legend_html, render, render_all
+from adavit.core.config import Settings
+from adavit.core.trace import StageTrace, Trace
 
 GREY = 128
 

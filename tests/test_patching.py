@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adavit import patching
-from adavit.config import Settings
+from adavit.core import patching
+from adavit.core.config import Settings
 
 
 def _coverage(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:

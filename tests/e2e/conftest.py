@@ -39,7 +39,7 @@ def free_port() -> int:
 
 
 def serve(demo) -> str:
-    import app
+    from adavit.app import ui as app
 
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
                             max_file_size=app.MAX_FILE, css=app.CSS)

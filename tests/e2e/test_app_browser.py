@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import app
-from adavit.app_model import tiny
+from adavit.app import ui as app
+from adavit.app.models import tiny
 from tests.e2e.conftest import serve
 
 pytestmark = pytest.mark.e2e
-REPO = Path(app.__file__).resolve().parent
+REPO = app.ROOT
 EXAMPLES = REPO / "assets" / "examples"
 SHOTS = REPO / "docs" / "screenshots"
 TIMEOUT = 90_000  # ms; the machine may be busy with training

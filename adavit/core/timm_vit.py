@@ -1,4 +1,4 @@
-"""A timm VisionTransformer patched by `adavit.plugin.patch`, behind AdaViT's interface for the app.
+"""A timm VisionTransformer patched by `adavit.patch`, behind AdaViT's interface for the app.
 
 The plug-in decides where ATS1 and ATS2 sit (`model.blocks.stages()`, equal stages by default) and
 checks that the model fits; this adapter adds what the app needs and the patched forward does not

@@ -5,9 +5,9 @@ with layer-wise lr decay while each batch draws a random (fine_ratio, keep1, kee
 30% of batches train the default setting itself. With 10 images per class, starting from a fitted
 head keeps the pretrained features from being wrecked by the first large gradients.
 
-    python -m adavit.train --out runs/flowers --export checkpoints/adavit_s14_flowers102.safetensors
-    python -m adavit.train --out runs/flowers --resume          # after an interruption
-    python -m adavit.train --out runs/full --epochs 1 --full-tokens   # the timing baseline
+    python -m adavit train --out runs/flowers --export checkpoints/adavit_s14_flowers102.safetensors
+    python -m adavit train --out runs/flowers --resume          # after an interruption
+    python -m adavit train --out runs/full --epochs 1 --full-tokens   # the timing baseline
 """
 from __future__ import annotations
 
@@ -22,17 +22,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from . import checkpoint, data
-from .config import AdaViTConfig, Settings
-from .model import AdaViT
-
-DEFAULT_SETTINGS = Settings(fine_ratio=0.3, keep1=0.5, keep2=0.5)
+from .. import data
+from ..core.config import DEFAULT_SETTINGS, AdaViTConfig, Settings
+from ..core.model import AdaViT
+from ..weights import checkpoint
 
 
 @dataclass(frozen=True)
@@ -63,10 +63,10 @@ def decode_all(base, short_side: int, limit: int | None = None) -> list:
     items = []
     pairs = list(zip(base._image_files, base._labels))[:limit]
     for path, label in tqdm(pairs, desc="decode", leave=False):
-        img = data.Image.open(path).convert("RGB")
+        img = Image.open(path).convert("RGB")
         s = short_side / min(img.size)
         if s < 1:
-            img = img.resize((round(img.width * s), round(img.height * s)), data.Image.Resampling.BICUBIC)
+            img = img.resize((round(img.width * s), round(img.height * s)), Image.Resampling.BICUBIC)
         items.append((img, int(label)))
     return items
 
@@ -84,7 +84,8 @@ class InMemory(Dataset):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="adavit train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", default=None, help="folder holding flowers-102/ (default: $ADAVIT_DATA or "
                    "../shared/data)")
     p.add_argument("--download", action="store_true", help="fetch Flowers-102 with torchvision when it is missing "
@@ -313,7 +314,3 @@ def _log(path: Path, rec: dict) -> None:
     print(json.dumps(rec))
     with path.open("a") as f:
         f.write(json.dumps(rec) + "\n")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

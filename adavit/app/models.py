@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from . import checkpoint, data
-from .config import AdaViTConfig, Settings
-from .latency import optimize_for_cpu
-from .model import AdaViT
+from .. import data
+from ..core.config import AdaViTConfig, Settings
+from ..core.model import AdaViT
+from ..measure.latency import optimize_for_cpu
+from ..weights import checkpoint
 
 HUB = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
 TIMM_SUGGESTIONS = ("deit_small_patch16_224", "deit_tiny_patch16_224", "vit_small_patch16_224.augreg_in21k_ft_in1k")
@@ -87,7 +88,7 @@ def hub_reachable(timeout: float = 2.0) -> bool:
 
 
 def load_timm(name: str, pretrained: bool = True) -> AppModel:
-    """A timm ViT by name, with pretrained hub weights, ATS switched on by `adavit.plugin.patch`.
+    """A timm ViT by name, with pretrained hub weights, ATS switched on by `adavit.patch`.
 
     ValueError with a message for the UI when the name is unknown, the hub is out of reach or the
     model does not fit; the caller keeps its current model then. `pretrained=False` (random
@@ -96,7 +97,7 @@ def load_timm(name: str, pretrained: bool = True) -> AppModel:
     import timm
     from timm.data import ImageNetInfo
 
-    from .timm_vit import UniformViT
+    from ..core.timm_vit import UniformViT
 
     name = name.strip()
     if not name:
@@ -114,7 +115,7 @@ def load_timm(name: str, pretrained: bool = True) -> AppModel:
         raise ValueError(f"could not load {what}: {e}; keeping the current model") from e
     if not hasattr(vit, "patch_embed"):
         raise ValueError(f"{name} is not a timm VisionTransformer; keeping the current model")
-    from .plugin import patch
+    from ..core.plugin import patch
 
     try:
         model = UniformViT(patch(vit), name).eval()  # the plug-in places ATS1/ATS2 and vets the model
@@ -126,7 +127,7 @@ def load_timm(name: str, pretrained: bool = True) -> AppModel:
         tuple(f"class {i + 1}" for i in range(n))
     weights = "pretrained ImageNet weights from the hub" if pretrained else "RANDOM weights"
     stages = "/".join(str(n) for n in model.config.stages)
-    return AppModel(model, names, f"timm {name} ({weights}), ATS by adavit.plugin.patch after blocks {stages}; "
+    return AppModel(model, names, f"timm {name} ({weights}), ATS by adavit.patch after blocks {stages}; "
                     f"plain {model.patch} px patches, so the fine-ratio slider does not apply. Its classes are "
                     "ImageNet's: no Flowers-102 accuracy", pretrained, {}, name)
 
@@ -134,12 +135,12 @@ def load_timm(name: str, pretrained: bool = True) -> AppModel:
 def tiny(num_classes: int = 102, seed: int = 0) -> AppModel:
     """A 3-block, 48-dim random AdaViT (~0.1 M parameters): the app's mechanics in milliseconds.
 
-    For tests and `python -m adavit.appbench --tiny`; its predictions mean nothing.
+    For tests and `python -m adavit appbench --tiny`; its predictions mean nothing.
     """
     import torch
     from timm.models.vision_transformer import VisionTransformer
 
-    from .config import PATCH
+    from ..core.config import PATCH
 
     torch.manual_seed(seed)
     vit = VisionTransformer(img_size=224, patch_size=PATCH, embed_dim=48, depth=3, num_heads=2,

@@ -1,11 +1,9 @@
 """Evaluate AdaViT on Flowers-102: accuracy, per-class table, confusion matrix, GFLOPs, tokens, latency.
 
-    python -m adavit.evaluate --split val [--checkpoint PATH] [--fine-ratio F --keep1 F --keep2 F]
+    adavit evaluate --split val [--checkpoint PATH] [--fine-ratio F --keep1 F --keep2 F]
         [--mode topk|sample] [--fuse] [--per-class N | --limit N] [--json PATH] [--html PATH]
 
-Also the library behind the sweep: `evaluate(model, data, settings)` and the stage-1 cache
-(`stage1_cache` + `run_from_stage1`), which lets keep1/keep2/mode/fuse vary without re-running
-patching and stage 1: their output depends only on the images and the fine ratio.
+Also the library behind the sweep: `evaluate(model, data, settings)`, `EvalResult` and `Collector`.
 """
 from __future__ import annotations
 
@@ -18,105 +16,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from . import checkpoint, data, metrics
-from .attention import local_window_mask, window_ids
-from .config import MODES, Settings
-from .model import AdaViT, Prediction
-from .patching import Layout
-from .sampler import Tokens, reduce
-from .stages import run_stage
+from .. import data
+from ..core.config import MODES, Settings
+from ..core.model import AdaViT, Prediction
+from ..weights import checkpoint
+from . import metrics
+from .flops import image_gflops
+from .flops import summarize as gflops_summary
 
 LATENCY_IMAGES = 30
 LATENCY_WARMUP = 3
-
-
-# ---------------------------------------------------------------- the stage-1 cache
-@dataclass
-class Stage1:
-    """Patching + stage-1 output of one batch, stopped before ATS1 (everything ATS1 needs)."""
-
-    tokens: Tokens  # after the stage-1 blocks
-    scores: torch.Tensor  # (B, N) ATS1 significance
-    layout: Layout
-    count: torch.Tensor  # (B,) tokens stage 1 ran on, CLS included
-    fine_ratio: float
-
-
-def stage1_cache(model: AdaViT, images: torch.Tensor, fine_ratio: float) -> Stage1:
-    """Run patching and stage 1 once; `run_from_stage1` then finishes any keep1/keep2/mode/fuse."""
-    tokens, layout = model.tokenize(images, fine_ratio)
-    local = None
-    window = model.config.windows[0]
-    if window:  # as run_stages does; at stage 1 every token is a real patch, so its box centre is its place
-        centres = (layout.boxes[..., :2] + layout.boxes[..., 2:]) / 2
-        local = local_window_mask(window_ids(centres, window, layout.size[1]), tokens.num_prefix, tokens.valid)
-    out, scores = run_stage(model.stages[0], tokens, score=True, local_mask=local)
-    return Stage1(out, scores, layout, tokens.counts, float(fine_ratio))
-
-
-def run_from_stage1(model: AdaViT, cache: Stage1, settings: Settings) -> Prediction:
-    """The same Prediction as `model(images, settings)`, resumed from the cache (ATS1, stages 2-3)."""
-    if settings.fine_ratio != cache.fine_ratio:
-        raise ValueError(f"this stage-1 cache was built at fine_ratio={cache.fine_ratio}, "
-                         f"not {settings.fine_ratio}; build one per fine ratio")
-    sampling = settings.sampling
-    tokens, sel = reduce(cache.tokens, cache.scores, sampling.keep[0], sampling.mode, sampling.fuse)
-    out = model.run(tokens, cache.layout, settings, start=1)
-    counts = torch.stack([cache.count, *out.counts], 1)
-    return Prediction(model.classify(out.tokens), counts, cache.layout, [sel, *out.selections])
-
-
-# ---------------------------------------------------------------- GFLOPs (adavit/flops.py)
-def image_gflops(model: AdaViT, pred: Prediction) -> np.ndarray:
-    """(B,) GFLOPs of each image of a batch, as adavit.flops counts them."""
-    try:
-        from .flops import image_gflops as count
-    except ImportError:  # adavit/flops.py not written yet
-        count = _estimate_gflops
-    values = count(model, pred)
-    values = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
-    values = np.atleast_1d(values.astype(np.float64))
-    if values.shape != (len(pred.logits),):
-        raise ValueError(f"adavit.flops.image_gflops gave shape {values.shape} for a batch of "
-                         f"{len(pred.logits)}; evaluate needs one value per image")
-    return values
-
-
-def _estimate_gflops(model: AdaViT, pred: Prediction) -> np.ndarray:
-    """Stand-in until adavit/flops.py exists: matmul FLOPs (2 per multiply-add) from token counts.
-
-    Per block on n tokens of width d: qkv + proj + MLP = (4 + 2r) n d^2 MACs (r = MLP ratio) and
-    attention QK^T + AV = 2 n^2 d. Patch embedding projects every fine and coarse candidate.
-    """
-    d = model.vit.embed_dim
-    r = model.vit.blocks[0].mlp.fc1.out_features / d
-    h, w = pred.layout.size
-    candidates = (h // 14) * (w // 14) * 5 / 4
-    macs = torch.full((pred.tokens_per_stage.shape[0],), candidates * 3 * 14 * 14 * d + d * model.config.num_classes,
-                      dtype=torch.float64)
-    for blocks, n in zip(model.config.stages, pred.tokens_per_stage.double().unbind(1), strict=True):
-        macs += blocks * ((4 + 2 * r) * n * d * d + 2 * n * n * d)
-    return (2 * macs / 1e9).numpy()
-
-
-def gflops_summary(values: np.ndarray) -> dict:
-    try:
-        from .flops import summarize
-    except ImportError:
-        summarize = _summarize
-    return summarize(values)
-
-
-def _summarize(values: np.ndarray) -> dict:
-    v = np.asarray(values, np.float64)
-    if not len(v):
-        return {}
-    q = np.percentile(v, [5, 50, 95])
-    return {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "p5": float(q[0]),
-            "median": float(q[1]), "p95": float(q[2]), "max": float(v.max()), "convention": "2 FLOPs per MAC"}
 
 
 # ---------------------------------------------------------------- results
@@ -266,7 +178,7 @@ def checkpoint_card(path: str | None) -> tuple[Path, dict]:
     weights = Path(path) if path else checkpoint.SHIPPED
     if not weights.exists():
         raise FileNotFoundError(f"no checkpoint at {weights}; pass --checkpoint PATH or train one with "
-                                "`python -m adavit.train`")
+                                "`python -m adavit train`")
     return weights, checkpoint.read_card(weights)
 
 
@@ -275,29 +187,6 @@ def settings_from(card: dict, **overrides) -> Settings:
     base = card.get("default_settings")
     settings = Settings(**base) if base else Settings()
     return dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
-
-
-def eval_dataset(root: str | None, split: str, resolution: int, per_class: int | None = None,
-                 limit: int | None = None, download: bool = False) -> tuple[Dataset, Path]:
-    """The split at eval geometry, optionally a stratified `per_class` subset and/or its first `limit`."""
-    path = data.resolve_data_root(root, download)
-    ds = data.flowers(path, split, data.eval_transform(resolution), download=download)
-    missing = [f for f in ds._image_files if not Path(f).exists()]
-    if missing:  # torchvision checks only the .mat files; this copy may lack a split's images
-        raise ValueError(f"the {split} split's images are not under {path / 'flowers-102' / 'jpg'} "
-                         f"({len(missing)} of {len(ds)} missing, e.g. {Path(missing[0]).name}); "
-                         "this copy of Flowers-102 holds only some splits: use --split val, "
-                         "or point --data-root at a full copy")
-    indices = list(range(len(ds)))
-    if per_class is not None:
-        if per_class < 1:
-            raise ValueError(f"--per-class must be at least 1, got {per_class}")
-        indices = data.stratified_subset(ds._labels, per_class)
-    if limit is not None:
-        if limit < 1:
-            raise ValueError(f"--limit must be at least 1, got {limit}")
-        indices = indices[:limit]
-    return (ds if len(indices) == len(ds) else Subset(ds, indices)), path
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -319,7 +208,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m adavit.evaluate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="adavit evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--split", choices=("val", "test"), default="val",
                    help="val (default); test is held out: report it once, never tune on it")
     add_model_args(p)
@@ -370,7 +259,7 @@ def record_in_card(weights: Path, name: str, out: dict, split: str) -> None:
     card = checkpoint.read_card(weights)
     entry = {k: out[k] for k in CARD_KEYS if k in out}
     s = out["settings"]
-    entry["command"] = "python -m adavit.evaluate" + (
+    entry["command"] = "python -m adavit evaluate" + (
         " --full" if name == "full" else "" if name == "default" else
         f" --fine-ratio {s['fine_ratio']} --keep1 {s['keep1']} --keep2 {s['keep2']} --mode {s['mode']}"
         + (" --fuse" if s["fuse"] else ""))
@@ -392,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             settings = settings_from(card, fine_ratio=args.fine_ratio, keep1=args.keep1, keep2=args.keep2,
                                      mode=args.mode, fuse=args.fuse, resolution=args.resolution)
-        ds, root = eval_dataset(args.data_root, args.split, settings.resolution, args.per_class, args.limit,
+        ds, root = data.eval_dataset(args.data_root, args.split, settings.resolution, args.per_class, args.limit,
                                 args.download)
         model = checkpoint.load_model(weights)
     except (ValueError, FileNotFoundError) as e:
@@ -419,7 +308,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         title = f"AdaViT confusion matrix, Flowers-102 {args.split} ({res.n_images} images): {describe(settings)}"
         print(f"wrote {metrics.write_html(metrics.confusion_figure(res.confusion(), res.names, title), args.html)}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

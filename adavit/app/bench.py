@@ -1,6 +1,6 @@
 """How fast the app answers: slider release -> overlays + prediction, and keep slider -> live accuracy.
 
-    python -m adavit.appbench [--json PATH] [--runs 30] [--checkpoint PATH | --tiny] [--data-root DIR]
+    python -m adavit appbench [--json PATH] [--runs 30] [--checkpoint PATH | --tiny] [--data-root DIR]
 
 Times the very function the UI's release event calls (analysis + three overlays drawn and encoded
 + readouts), for keep/mode changes at a fixed image and fine ratio: each setting is new, so the
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from . import metrics
-from .app_model import load_default, tiny
+from ..measure import metrics
+from .models import load_default, tiny
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 IMAGE = REPO / "assets" / "examples" / "flower.jpg"
 TARGET_RELEASE_MS = 150.0
 TARGET_ACCURACY_S = 2.0
@@ -109,7 +109,8 @@ def _settings(fine, k1, k2, mode, res):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Median release-to-result time of the app and its live-accuracy refresh.")
+    p = argparse.ArgumentParser(
+        prog="adavit appbench", description="Median release-to-result time of the app and its live-accuracy refresh.")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--runs", type=int, default=30, help="distinct keep/mode settings to time (default 30)")
     p.add_argument("--accuracy-runs", type=int, default=5, help="keep changes to time for live accuracy")
@@ -127,9 +128,8 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     sys.path.insert(0, str(REPO))
-    import app
-
-    from .data import default_data_root
+    from ..data import default_data_root
+    from . import ui as app
 
     root = default_data_root() if args.data_root == "auto" else (Path(args.data_root) if args.data_root else None)
     model = tiny() if args.tiny else load_default(args.checkpoint, root)
@@ -165,7 +165,3 @@ def main(argv=None) -> int:
         metrics.write_json(args.json, out)
     demo.close()
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

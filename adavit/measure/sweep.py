@@ -1,10 +1,10 @@
 """Sweep fine ratio x keep1 x keep2 (x mode) on Flowers-102 val: accuracy against GFLOPs and latency.
 
-    python -m adavit.sweep [--checkpoint PATH] [--fine-ratios 0.25,0.5,1] [--keeps1 0.25,0.5,1]
+    python -m adavit sweep [--checkpoint PATH] [--fine-ratios 0.25,0.5,1] [--keeps1 0.25,0.5,1]
         [--keeps2 0.25,0.5,1] [--modes topk] [--fuse] [--per-class N] [--json PATH] [--html PATH]
         [--update-card]
 
-Patching + stage 1 run once per fine ratio and batch (evaluate.stage1_cache); every keep/mode point
+Patching + stage 1 run once per fine ratio and batch (measure.cache.stage1_cache); every keep/mode point
 resumes from there, with exactly the logits of a plain forward. The full-token point is always
 included. The test split is not offered: a sweep chooses settings, and choosing is tuning.
 """
@@ -21,8 +21,12 @@ from plotly.subplots import make_subplots
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from . import checkpoint, metrics
-from .config import MODES, Settings
+from ..core.config import MODES, Settings
+from ..core.model import AdaViT
+from ..data import eval_dataset
+from ..weights import checkpoint
+from . import metrics
+from .cache import run_from_stage1, stage1_cache
 from .evaluate import (
     Collector,
     EvalResult,
@@ -31,13 +35,9 @@ from .evaluate import (
     checkpoint_card,
     class_names_of,
     device_of,
-    eval_dataset,
     loader_for,
-    run_from_stage1,
     settings_from,
-    stage1_cache,
 )
-from .model import AdaViT
 
 LATENCY_RUNS = 5
 
@@ -162,7 +162,7 @@ def extra_points(triples: Sequence[Sequence[float]], modes: Sequence[str], fuse:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m adavit.sweep", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="adavit sweep", description=__doc__.split("\n\n")[0])
     add_model_args(p)
     g = p.add_argument_group("grid (the full-token point is always added)")
     g.add_argument("--fine-ratios", type=floats, default=[0.25, 0.5, 1.0])
@@ -220,7 +220,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         update_card(weights, pts)
         print(f"updated \"sweep\" in {checkpoint.card_path(weights)}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,21 +1,21 @@
 """Wall time per training epoch, adaptive vs every token, same recipe and images (issue: >= 30% less).
 
-    python -m adavit.traintime --json results/train_timing.json [--epochs 1] [--limit N]
+    python -m adavit traintime --json results/train_timing.json [--epochs 1] [--limit N]
 
-Runs `adavit.train` twice with the same arguments, once with `--full-tokens`, without the probe and
+Runs `adavit train` twice with the same arguments, once with `--full-tokens`, without the probe and
 validation (they are not part of an epoch), and compares the logged `epoch_wall_s`.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-from . import metrics, train
+from ..measure import metrics
+from . import recipe as train
 
 
 def epoch_times(out: Path, extra: list[str]) -> list[float]:
@@ -26,7 +26,8 @@ def epoch_times(out: Path, extra: list[str]) -> list[float]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="adavit traintime", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--limit", type=int, default=None, help="first N training images (smoke tests)")
     p.add_argument("--data-root", default=None)
@@ -49,7 +50,3 @@ def main(argv=None) -> int:
     if args.json:
         print(f"wrote {metrics.write_json(args.json, out)}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

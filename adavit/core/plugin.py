@@ -1,9 +1,9 @@
-"""ATS for any timm VisionTransformer in one call, ToMe-style: `adavit.plugin.patch(model)`.
+"""ATS for any timm VisionTransformer in one call, ToMe-style: `adavit.patch(model)`.
 
     model = timm.create_model("deit_small_patch16_224", pretrained=True)
-    adavit.plugin.patch(model, keep=(0.5, 0.5))        # in place; returns the model
-    adavit.plugin.set_sampling(model, keep=(0.7, 0.4), mode="sample", fuse=True)
-    adavit.plugin.unpatch(model)                        # the plain model again
+    adavit.patch(model, keep=(0.5, 0.5))        # in place; returns the model
+    adavit.set_sampling(model, keep=(0.7, 0.4), mode="sample", fuse=True)
+    adavit.unpatch(model)                        # the plain model again
 
 No timm forward is copied: `model.blocks` becomes an `ATSBlocks`, an nn.Sequential subclass holding
 the very same block modules (state_dict keys stay `blocks.N...`, indexing and len work), whose
@@ -90,7 +90,7 @@ class ATSBlocks(nn.Sequential):
     def configure(self, sampling: Sampling, after: Sequence[int] | None) -> None:
         """Set the sampling and the sampler positions together (after=None: equal stages)."""
         if not isinstance(sampling, Sampling):
-            raise ValueError(f"sampling must be an adavit.config.Sampling, got {type(sampling).__name__}")
+            raise ValueError(f"sampling must be an adavit.Sampling, got {type(sampling).__name__}")
         if after is None:
             default_after(len(self), len(sampling.keep))  # raises when the stages can't be made
             self._after = None
@@ -158,7 +158,7 @@ class ATSBlocks(nn.Sequential):
 def _blocks(model: nn.Module) -> ATSBlocks:
     blocks = getattr(model, "blocks", None)
     if not isinstance(blocks, ATSBlocks):
-        raise ValueError("this model is not patched: call adavit.plugin.patch(model) first")
+        raise ValueError("this model is not patched: call adavit.patch(model) first")
     return blocks
 
 
@@ -212,7 +212,7 @@ def set_sampling(model: nn.Module, keep: Sequence[float] | float | None = None, 
                  fuse: bool | None = None, after: Sequence[int] | None = None) -> Sampling:
     """Change a patched model's sampling (only what is given; the rest stays); returns it.
 
-    Equivalent: `model.blocks.sampling = adavit.config.Sampling(keep, mode, fuse)`.
+    Equivalent: `model.blocks.sampling = adavit.Sampling(keep, mode, fuse)`.
     """
     blocks = _blocks(model)
     old = blocks.sampling

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
+from ..core.config import Settings
 from . import overlay, pareto
 from .analysis import Analysis, Analyzer
-from .app_model import AppModel, load_timm
-from .config import Settings
 from .live_accuracy import Accuracy, LiveAccuracy, SweepLookup
+from .models import AppModel, load_timm
 
 MAX_EXTRA_MODELS = 2  # extra timm models kept in memory besides the default one
 

@@ -72,6 +72,9 @@ def check_side(side: int, name: str = "side") -> None:
         )
 
 
+DEFAULT_SETTINGS = Settings(fine_ratio=0.3, keep1=0.5, keep2=0.5)  # what the recipe trains and the app opens at
+
+
 @dataclass(frozen=True)
 class AdaViTConfig:
     """Architecture: how the 12 pretrained blocks split into stages, and where attention is local.

@@ -3,8 +3,8 @@
 Per uploaded image (keyed by its file, so the UI and the /analyze API share it):
   loaded image + display base          once per upload
   prepared tensor                      once per resolution
-  patching + stage 1 (evaluate.stage1_cache)  once per (resolution, fine ratio)
-  ATS1 .. head (evaluate.run_from_stage1)     on every keep/mode change: the only model work then
+  patching + stage 1 (measure.cache.stage1_cache)  once per (resolution, fine ratio)
+  ATS1 .. head (measure.cache.run_from_stage1)     on every keep/mode change: the only model work then
 Results are cached per settings too, so a layer toggle or a repeated request costs no model time.
 """
 from __future__ import annotations
@@ -20,14 +20,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..core.config import Settings
+from ..core.model import AdaViT
+from ..core.trace import Trace
+from ..data import Prepared, prepare
+from ..data.upload import Loaded, load_image
+from ..measure.cache import Stage1, run_from_stage1, stage1_cache
 from . import overlay
-from .config import Settings
 from .cost import Costs
-from .data import Prepared, prepare
-from .evaluate import Stage1, run_from_stage1, stage1_cache
-from .image import Loaded, load_image
-from .model import AdaViT
-from .trace import Trace
 
 MODE_CHOICES = ("top-k", "sample", "top-k + fuse", "sample + fuse")
 RESOLUTIONS = tuple(range(224, 449, 28))

@@ -23,8 +23,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .config import PATCH
-from .trace import STAGE_NAMES, StageTrace, Trace
+from ..core.config import PATCH
+from ..core.trace import STAGE_NAMES, StageTrace, Trace
 
 MAX_SIDE = 1024  # longer display side: crisp on screens, and fast to draw and encode
 MIN_SIDE = 512  # small crops are enlarged so that 1 px lines stay thin next to 14 px patches

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .config import REGION
+from ..core.config import REGION
 
 MAX_BYTES = 25 * 1024 * 1024  # a phone photo is < 15 MB; beyond this an upload is not a photo
 MAX_PIXELS = 60_000_000  # 60 MP; checked from the header, before any pixel is decoded

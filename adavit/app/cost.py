@@ -1,6 +1,6 @@
-"""What one image costs in the app: GFLOPs (adavit.flops) and latency measured in this process.
+"""What one image costs in the app: GFLOPs (adavit.measure.flops) and latency measured in this process.
 
-GFLOPs come from `adavit.flops.image_gflops`, the project's closed form that equals torch's counter
+GFLOPs come from `adavit.measure.flops.image_gflops`, the project's closed form that equals torch's counter
 on the same batch-1 forward (tests/test_flops.py). Full-token latency is measured once per input
 size (median of a few runs) and cached: it does not depend on the image's content.
 """
@@ -12,9 +12,9 @@ import time
 import numpy as np
 import torch
 
-from . import flops
-from .config import Settings
-from .model import Prediction
+from ..core.config import Settings
+from ..core.model import Prediction
+from ..measure import flops
 
 FULL_RUNS = 3  # median of 3 after one warm-up: ~0.2 s at 224, ~1.5 s at 448 on 2 cores, once per size
 

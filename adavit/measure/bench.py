@@ -1,16 +1,16 @@
 """CPU latency and GFLOPs: full-token ViT vs AdaViT, same weights, same images.
 
-    python -m adavit.bench [--json PATH] [--checkpoint PATH] [--runs 20] [--threads N]
+    python -m adavit bench [--json PATH] [--checkpoint PATH] [--runs 20] [--threads N]
                            [--fine-ratio F --keep1 K --keep2 K --mode topk|sample --fuse --resolution R]
 
 "full" is timm's own forward of the same weights at img_size=R, with the position grid resampled
-exactly as AdaViT resamples it (adavit.patching.position_grid): every token, none of AdaViT's
+exactly as AdaViT resamples it (adavit.core.patching.position_grid): every token, none of AdaViT's
 bookkeeping. "adavit" runs the given settings (default: the checkpoint card's, else the training
-default) with `adavit.latency.optimize_for_cpu`; "adavit_full" is AdaViT with Settings.full(), to
+default) with `adavit.measure.latency.optimize_for_cpu`; "adavit_full" is AdaViT with Settings.full(), to
 show what the bookkeeping itself costs. Latency: median of --runs forwards after warm-up, under
 torch.inference_mode, at batch 1 (the first image) and batch 32, the three models timed in
 alternating rounds so that other load on the machine hits them alike. GFLOPs: torch's counter on the
-batch-1 forward (FLOPs = 2 x multiply-adds), and per image over the batch-32 images (adavit.flops).
+batch-1 forward (FLOPs = 2 x multiply-adds), and per image over the batch-32 images (adavit.measure.flops).
 
 Issue targets on 2 cores: >= 2.5x lower batch-1 latency, >= 3x fewer GFLOPs than full-token.
 Latency on a machine that is busy with other work means little: the JSON records the load average.
@@ -31,10 +31,11 @@ import numpy as np
 import timm
 import torch
 
-from . import checkpoint, flops, latency
-from .config import PATCH, AdaViTConfig, Settings
-from .model import AdaViT
-from .patching import position_grid
+from ..core.config import DEFAULT_SETTINGS, PATCH, AdaViTConfig, Settings
+from ..core.model import AdaViT
+from ..core.patching import position_grid
+from ..weights import checkpoint
+from . import flops, latency
 
 TARGET_LATENCY_B1 = 2.5
 TARGET_GFLOPS = 3.0
@@ -78,7 +79,7 @@ def plain_vit(model: AdaViT, resolution: int) -> torch.nn.Module:
 
 def bench_images(resolution: int, n: int = BATCH) -> tuple[torch.Tensor, str]:
     """n Flowers-102 val images (one per class, fixed) when the data is there, else a fixed random batch."""
-    from . import data
+    from .. import data
 
     root = data.default_data_root()
     if root is not None:
@@ -140,7 +141,7 @@ def run(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     print(f"loading weights ({torch.get_num_threads()} threads) ...", flush=True)
     model, weights, card = load_weights(args.checkpoint)
-    base = Settings(**card["default_settings"]) if "default_settings" in card else default_settings()
+    base = Settings(**card["default_settings"]) if "default_settings" in card else DEFAULT_SETTINGS
     given = {k: v for k, v in (("fine_ratio", args.fine_ratio), ("keep1", args.keep1), ("keep2", args.keep2),
                                ("mode", args.mode), ("fuse", args.fuse or None), ("resolution", args.resolution))
              if v is not None}
@@ -177,14 +178,6 @@ def run(args: argparse.Namespace) -> dict:
     return out
 
 
-def default_settings() -> Settings:
-    try:
-        from .train import DEFAULT_SETTINGS  # the operating point the model is trained and shown at
-    except ImportError:
-        return Settings()
-    return DEFAULT_SETTINGS
-
-
 def table(out: dict) -> str:
     rows = [("", "b1 ms", f"b{BATCH} ms", "GFLOPs", "tokens/stage")]
     for k in ("full", "adavit", "adavit_full"):
@@ -207,7 +200,7 @@ def table(out: dict) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="adavit bench", description=__doc__.split("\n")[0])
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--checkpoint", default=None, help="AdaViT safetensors (default: the shipped one if present)")
     p.add_argument("--runs", type=int, default=20, help="timed forwards per measurement (median; >= 20 advised)")
@@ -218,7 +211,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fuse", action="store_true")
     p.add_argument("--resolution", type=int, default=224)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--no-optimize", action="store_true", help="skip adavit.latency.optimize_for_cpu")
+    p.add_argument("--no-optimize", action="store_true", help="skip adavit.measure.latency.optimize_for_cpu")
     args = p.parse_args(argv)
     if args.runs < 1:
         p.error("--runs must be at least 1")
@@ -238,7 +231,3 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(out, indent=2))
         print(f"wrote {args.json}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
