@@ -199,3 +199,52 @@ def test_real_backbone(make_images):
         single = torch.cat([vit.forward_features(x[i:i + 1])[:, 0] for i in range(2)])
     assert feats.shape[1] <= 1 + 64
     assert (feats[:, 0] - single).abs().max() <= 1e-4
+
+
+# ---------------------------------------------------------------- timm paths that iterate over the blocks
+def test_paths_that_bypass_the_samplers_refuse_and_unpatch_restores_them(vit, x):
+    cls = type(vit)
+    plugin.patch(vit)
+    try:
+        assert isinstance(vit, cls) and type(vit) is not cls and type(vit).__name__ == f"ATS{cls.__name__}"
+        with pytest.raises(ValueError, match="gradient checkpointing runs timm's blocks one by one"):
+            vit.set_grad_checkpointing(True)
+        assert not vit.grad_checkpointing
+        with pytest.raises(ValueError, match="forward_intermediates"):
+            vit.forward_intermediates(x)
+        with pytest.raises(ValueError, match="forward_intermediates"):
+            vit.get_intermediate_layers(x, n=2)
+        with pytest.raises(ValueError, match="attn_mask"):
+            vit.forward_features(x, attn_mask=torch.zeros(x.shape[0], 1, 1, 1))
+        with pytest.raises(ValueError, match="prune_intermediate_layers"):
+            vit.prune_intermediate_layers(2)
+        vit.grad_checkpointing = True  # set directly, past set_grad_checkpointing
+        with pytest.raises(ValueError, match="grad_checkpointing set"), torch.no_grad():
+            vit(x)
+        vit.grad_checkpointing = False
+        with torch.no_grad():
+            n = vit.forward_features(x).shape[1]
+        assert n < vit.patch_embed.num_patches + vit.num_prefix_tokens  # ATS ran
+        assert vit.blocks.tokens_per_stage is not None
+    finally:
+        plugin.unpatch(vit)
+    assert type(vit) is cls
+    vit.set_grad_checkpointing(True)  # the plain model does all of it again
+    try:
+        with torch.no_grad():
+            assert len(vit.forward_intermediates(x, indices=2, intermediates_only=True)) == 2
+    finally:
+        vit.set_grad_checkpointing(False)
+
+
+def test_a_patched_model_copies_and_repatches_to_the_same_class(vit, x):
+    import copy
+
+    plugin.patch(vit)
+    try:
+        twin = copy.deepcopy(vit)
+        assert type(twin) is type(vit) and plugin.is_patched(twin)
+        plugin.patch(vit, keep=(0.7, 0.4))  # re-patching updates the settings, no second subclass
+        assert type(vit).__mro__.count(plugin.ATSGuard) == 1
+    finally:
+        plugin.unpatch(vit)

@@ -11,9 +11,11 @@ forward runs them in stages with an ATS sampler after the blocks at indices `aft
 AdaViT: `adavit.stages.run_stages`). Later blocks see a shorter token tensor, so they do less work;
 timm's own norm, pooling and head then run on it as usual.
 
-Not covered: timm's `forward_features(x, attn_mask=...)` and gradient checkpointing iterate over
-the blocks themselves, so they would bypass the samplers; `patch` refuses a model set to
-checkpoint, and a forward with an attention mask runs without ATS.
+The paths through timm that iterate over the blocks themselves (gradient checkpointing, a forward
+with an attention mask, `forward_intermediates` / `get_intermediate_layers`,
+`prune_intermediate_layers`) would bypass the samplers, so a patched model never takes them
+silently: `patch` swaps the model's class for a subclass (ToMe does the same) whose overrides of
+exactly those methods refuse with a message, and `unpatch` swaps it back.
 """
 from __future__ import annotations
 
@@ -155,6 +157,48 @@ class ATSBlocks(nn.Sequential):
         return torch.cat([prefix, torch.where(valid.bool(), patches, total / count)], 1)
 
 
+BYPASS = "runs timm's blocks one by one, which would skip ATS; call adavit.unpatch(model) first"
+
+
+class ATSGuard:
+    """Mixed into a patched model's class: timm's paths that iterate over the blocks refuse.
+
+    Each override only checks and delegates to timm's own method; no forward code is copied.
+    """
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        if enable:
+            raise ValueError(f"gradient checkpointing {BYPASS}, then enable checkpointing")
+        super().set_grad_checkpointing(False)
+
+    def forward_features(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False):
+        if attn_mask is not None or is_causal:
+            raise ValueError(f"forward_features with attn_mask or is_causal {BYPASS}")
+        if getattr(self, "grad_checkpointing", False):
+            raise ValueError(f"this model has grad_checkpointing set, and gradient checkpointing {BYPASS}")
+        return super().forward_features(x)
+
+    def forward_intermediates(self, *args, **kwargs):
+        raise ValueError(f"forward_intermediates (and get_intermediate_layers) returns every token of every "
+                         f"block and {BYPASS}")
+
+    def prune_intermediate_layers(self, *args, **kwargs):
+        raise ValueError("prune_intermediate_layers slices the blocks, which would drop the samplers; "
+                         "call adavit.unpatch(model) first")
+
+
+_GUARDED: dict[type, type] = {}
+
+
+def _guarded_class(base: type) -> type:
+    """The ATS subclass of `base`, made once per class, and findable by name (so copy and pickle work)."""
+    if base not in _GUARDED:
+        name = f"ATS{base.__name__}"
+        cls = type(name, (ATSGuard, base), {"__module__": __name__, "__qualname__": name})
+        _GUARDED[base] = globals()[name] = cls
+    return _GUARDED[base]
+
+
 def _blocks(model: nn.Module) -> ATSBlocks:
     blocks = getattr(model, "blocks", None)
     if not isinstance(blocks, ATSBlocks):
@@ -205,6 +249,7 @@ def patch(model: nn.Module, keep: Sequence[float] | float = DEFAULT_KEEP, after:
     else:
         model.blocks = ATSBlocks(*blocks, sampling=sampling, after=after,
                                  num_prefix=int(model.num_prefix_tokens), **pooling)
+        model.__class__ = _guarded_class(type(model))
     return model
 
 
@@ -230,6 +275,8 @@ def unpatch(model: nn.Module) -> nn.Module:
     """The plain nn.Sequential of the same blocks again (a no-op on an unpatched model)."""
     if isinstance(getattr(model, "blocks", None), ATSBlocks):
         model.blocks = nn.Sequential(*model.blocks)
+    if isinstance(model, ATSGuard):
+        model.__class__ = next(c for c in type(model).__mro__[1:] if not issubclass(c, ATSGuard))
     return model
 
 
