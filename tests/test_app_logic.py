@@ -174,12 +174,15 @@ def test_readouts(tiny):
     assert "× less" in html or "× more" in html
     assert readouts.full_tokens(448) == 1025
     assert "Untrained" in readouts.hint(r, trained=False)
-    assert r.not_a_flower and "probably not a flower" in readouts.hint(r, trained=True)  # random: flat output
+    assert r.ood is None and "No out-of-distribution check" in readouts.hint(r, trained=True)  # no statistics
     assert list(readouts.top5(r)) == [n for n, _ in r.top5]
 
 
-def test_default_model_says_which_weights(tmp_path):
-    m = app_model.load_default(tmp_path / "missing.safetensors")
+def test_default_model_says_which_weights(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="no checkpoint at .*missing.safetensors"):  # named: never replaced
+        app_model.load_default(tmp_path / "missing.safetensors")
+    monkeypatch.setattr(app_model.checkpoint, "SHIPPED", tmp_path / "missing.safetensors")  # a clone without it
+    m = app_model.load_default()
     assert not m.trained and ("UNTRAINED head" in m.weights or "RANDOM weights" in m.weights)
     assert len(m.class_names) == 102
 

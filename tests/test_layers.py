@@ -12,7 +12,7 @@ from adavit.__main__ import COMMANDS
 
 PACKAGE = Path(__file__).resolve().parents[1] / "adavit"
 # each subpackage may import only from itself and those before it
-LAYERS = ("core", "weights", "data", "measure", "train", "app")
+LAYERS = ("core", "weights", "data", "export", "measure", "train", "app")
 
 
 def imported(path: Path, package: tuple[str, ...] | None = None) -> set[str]:

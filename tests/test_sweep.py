@@ -66,7 +66,8 @@ def test_sweep_cli_writes_json_html_and_updates_the_card(model, tmp_path, capsys
     out, html = tmp_path / "sweep.json", tmp_path / "pareto.html"
     rc = main(["--checkpoint", str(weights), "--fine-ratios", "0.5", "--keeps1", "0.5,1", "--keeps2", "0.5",
                "--per-class", "1", "--limit", "4", "--resolution", str(SIDE), "--batch-size", "4",
-               "--latency-runs", "1", "--json", str(out), "--html", str(html), "--update-card"])
+               "--latency-runs", "1", "--json", str(out), "--html", str(html), "--update-card",
+               "--resolutions", "56,84"])
     assert rc == 0
     res = json.loads(out.read_text())
     assert res["n_images"] == 4 and res["split"] == "val"
@@ -78,13 +79,16 @@ def test_sweep_cli_writes_json_html_and_updates_the_card(model, tmp_path, capsys
     assert points[0]["gflops_mean"] < points[1]["gflops_mean"] < full["gflops_mean"]
     assert all(0 <= p["top1"] <= 1 and p["latency_ms_b1"] > 0 for p in points)
     assert any(p["pareto_gflops"] for p in points) and any(p["pareto_latency"] for p in points)
+    base = res["resolution_baseline"]  # every token at 56 and 84 px: 4x4 and 6x6 patches
+    assert [(b["side"], b["tokens_per_stage"]) for b in base] == [(56, [17.0] * 3), (84, [37.0] * 3)]
+    assert base[0]["gflops_mean"] < base[1]["gflops_mean"] < full["gflops_mean"]
     page = html.read_text()
-    assert "Pareto front" in page and "every token" in page
+    assert "Pareto front" in page and "every token" in page and "resolution baseline" in page
     card = checkpoint.read_card(weights)
     assert card["val"] == {"top1": 0.1} and card["recipe"] == {"seed": 0}  # other keys kept
     assert card["default_settings"] == Settings().to_dict()
     assert card["config"] == json.loads(json.dumps(model.config.to_dict()))
-    assert len(card["sweep"]) == 3
+    assert len(card["sweep"]) == 3 and card["sweep_resolution"] == base
     for entry in card["sweep"]:
         assert set(CARD_KEYS) <= set(entry)
     assert "every token" in capsys.readouterr().out

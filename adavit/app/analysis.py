@@ -26,14 +26,13 @@ from ..core.trace import Trace
 from ..data import Prepared, prepare
 from ..data.upload import Loaded, load_image
 from ..measure.cache import Stage1, run_from_stage1, stage1_cache
+from ..measure.mahalanobis import OODScore, OODStats
 from . import overlay
 from .cost import Costs
 
 MODE_CHOICES = ("top-k", "sample", "top-k + fuse", "sample + fuse")
 RESOLUTIONS = tuple(range(224, 449, 28))
 STAGE1_RUNS = 2  # patching + stage 1 timed twice per (image, fine ratio); the faster run is shown
-NOT_FLOWER_MAX_PROB = 0.30  # below this top-1 probability, or ...
-NOT_FLOWER_ENTROPY = 0.60  # ... above this share of the maximum entropy, say "probably not a flower"
 
 
 def parse_mode(mode: str) -> tuple[str, bool]:
@@ -79,6 +78,7 @@ class Analysis:
     latency_ms_full: float  # median full-token forward at this resolution, this process
     notes: tuple[str, ...] = ()
     cached: bool = False  # True when the model did not run for this call
+    ood: OODScore | None = None  # distance to the training classes; None when the model has no statistics
 
     @property
     def tokens_per_stage(self) -> tuple[int, ...]:
@@ -97,10 +97,6 @@ class Analysis:
         p = self.probs.astype(np.float64).clip(1e-12)
         return float(-(p * np.log(p)).sum() / np.log(len(p)))
 
-    @property
-    def not_a_flower(self) -> bool:
-        return self.max_prob < NOT_FLOWER_MAX_PROB or self.entropy_share > NOT_FLOWER_ENTROPY
-
     def to_json(self) -> dict:
         return {
             "top5": [{"label": n, "probability": round(p, 6)} for n, p in self.top5],
@@ -109,7 +105,7 @@ class Analysis:
             "gflops_full": round(self.gflops_full, 4),
             "latency_ms": round(self.latency_ms, 2),
             "latency_ms_full": round(self.latency_ms_full, 2),
-            "probably_not_a_flower": self.not_a_flower,
+            "ood": self.ood.to_json() if self.ood is not None else None,
             "settings": self.settings.to_dict(),
             "notes": list(self.notes),
         }
@@ -138,13 +134,19 @@ def _lru_put(cache: OrderedDict, key, value, size: int) -> None:
 class Analyzer:
     """The app's model runner; one per loaded model, shared by every session (thread-safe)."""
 
-    def __init__(self, model: AdaViT, class_names: list[str] | tuple[str, ...], max_images: int = 16):
+    def __init__(self, model: AdaViT, class_names: list[str] | tuple[str, ...], max_images: int = 16,
+                 ood: OODStats | None = None):
         if len(class_names) != model.config.num_classes:
             raise ValueError(f"{len(class_names)} class names for a {model.config.num_classes}-class model")
         self.model = model.eval()
         self.class_names = tuple(class_names)
         self.costs = Costs(model)
         self.max_images = max_images
+        self.ood = ood if ood is not None and ood.num_classes == model.config.num_classes else None
+        # the setting the threshold was calibrated at: the verdict belongs to the photo, not to the sliders
+        # (at keep 0.25 / 0.25 the features move so far that only 55% of val flowers would pass)
+        calibrated = (self.ood.info.get("settings") if self.ood is not None else None) or None
+        self.ood_settings = Settings(**calibrated) if calibrated else None
         self._images: OrderedDict[str, ImageEntry] = OrderedDict()
         self._lock = threading.RLock()  # one forward at a time: two would only share the same cores
 
@@ -167,13 +169,16 @@ class Analyzer:
             entry.prepared[res] = prepare(entry.loaded.image, res)
         return entry.prepared[res]
 
+    def _input(self, prep: Prepared) -> torch.Tensor:
+        return prep.tensor.to(next(self.model.parameters()).device)  # CUDA on a GPU Space
+
     def _stage1(self, entry: ImageEntry, prep: Prepared, settings: Settings) -> tuple[Stage1, float]:
         key = (settings.resolution, settings.fine_ratio)
         if key not in entry.stage1:
             times = []
             for _ in range(STAGE1_RUNS):  # a first run at a new token count pays one-off start-up costs
                 t = time.perf_counter()
-                cache = stage1_cache(self.model, prep.tensor, settings.fine_ratio)
+                cache = stage1_cache(self.model, self._input(prep), settings.fine_ratio)
                 times.append(1000 * (time.perf_counter() - t))
             _lru_put(entry.stage1, key, (cache, min(times)), 4)
         entry.stage1.move_to_end(key)
@@ -189,9 +194,14 @@ class Analyzer:
             t = time.perf_counter()
             pred = run_from_stage1(self.model, s1, settings)
             rest_ms = 1000 * (time.perf_counter() - t)
-            probs = pred.logits[0].float().softmax(-1).numpy()
+            probs = pred.logits[0].float().softmax(-1).cpu().numpy()
+            ood = None
+            if self.ood is not None and pred.features is not None:
+                at = self.ood_settings
+                ood = (self.ood.verdicts(pred.features)[0] if at is None or at == settings
+                       else self.analyze(source, at).ood)  # one forward more per photo, then cached
             gflops = self.costs.gflops(pred)
-            full_ms, full_gflops = self.costs.full(prep.tensor)
+            full_ms, full_gflops = self.costs.full(self._input(prep))
         trace = pred.traces()[0]
         h, w = trace.size  # the model's input: the crop resized (a timm ViT may round it to its patch)
         crop_w, crop_h = prep.crop.size
@@ -199,7 +209,7 @@ class Analyzer:
         order = np.argsort(-probs, kind="stable")[:5]
         result = Analysis(
             settings, trace, probs, [(self.class_names[i], float(probs[i])) for i in order],
-            gflops, full_gflops, s1_ms, rest_ms, full_ms, entry.loaded.notes,
+            gflops, full_gflops, s1_ms, rest_ms, full_ms, entry.loaded.notes, ood=ood,
         )
         with self._lock:
             _lru_put(entry.results, settings, result, 64)

@@ -66,7 +66,7 @@ class Explorer:
         live = None
         if flowers and self.data_root:
             live = LiveAccuracy(app_model.model, self.data_root, self.live_per_class)
-        runner = Runner(app_model, Analyzer(app_model.model, app_model.class_names), live,
+        runner = Runner(app_model, Analyzer(app_model.model, app_model.class_names, ood=app_model.ood), live,
                         SweepLookup(app_model.sweep if flowers else []))
         with self._lock:
             self._runners[app_model.name] = runner
@@ -108,7 +108,7 @@ class Explorer:
         if gflops is not None:
             current = {"gflops": gflops, "latency_ms": latency if latency is not None else 0.0,
                        "accuracy": acc, "settings": settings.to_dict()}
-        return pareto.figure(runner.sweep.points, live, current)
+        return pareto.figure(runner.sweep.points, live, current, pareto.peer_fronts(runner.app_model.card))
 
     def add_timm(self, model_name: str) -> str:
         """Load a pretrained timm ViT through the plug-in API; ValueError (kept model) when it cannot."""

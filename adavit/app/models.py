@@ -17,7 +17,9 @@ from .. import data
 from ..core.config import AdaViTConfig, Settings
 from ..core.model import AdaViT
 from ..measure.latency import optimize_for_cpu
+from ..measure.mahalanobis import OODStats, for_checkpoint
 from ..weights import checkpoint
+from .gpu import device
 
 HUB = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
 TIMM_SUGGESTIONS = ("deit_small_patch16_224", "deit_tiny_patch16_224", "vit_small_patch16_224.augreg_in21k_ft_in1k")
@@ -31,6 +33,7 @@ class AppModel:
     trained: bool  # predictions mean something
     card: dict = field(default_factory=dict)  # the checkpoint's card (default settings, sweep, metrics)
     name: str = "AdaViT-S/14 Flowers-102"
+    ood: OODStats | None = None  # the card's out-of-distribution statistics (None: the app says there is no check)
 
     @property
     def sweep(self) -> list[dict]:
@@ -53,15 +56,19 @@ def _names(model: AdaViT, card: dict, data_root: Path | None) -> tuple[str, ...]
 def load_default(weights: str | Path | None = None, data_root: Path | None = None) -> AppModel:
     """Shipped checkpoint -> pretrained backbone + random head -> random weights (first that works)."""
     path = Path(weights) if weights else checkpoint.SHIPPED
+    if weights and not path.exists():  # asked for by name: never serve something else in its place
+        raise ValueError(f"no checkpoint at {path}; train one with `adavit train --export PATH`")
     if path.exists():
-        model = checkpoint.load_model(path)
+        model = checkpoint.load_model(path, device())
         card = checkpoint.read_card(path)
-        # batch-1 speed at the default setting; a layout change only, the outputs stay the same
-        optimize_for_cpu(model, Settings(**card["default_settings"]) if card.get("default_settings")
-                         else Settings())
+        if device() == "cpu":  # batch-1 speed at the default setting; a layout change only, same outputs
+            optimize_for_cpu(model, Settings(**card["default_settings"]) if card.get("default_settings")
+                             else Settings())
         top1 = ((card.get("val_metrics") or {}).get("default") or {}).get("top1")
         score = f", val top-1 {100 * top1:.1f}%" if isinstance(top1, (int, float)) else ""
-        return AppModel(model, _names(model, card, data_root), f"trained checkpoint {path.name}{score}", True, card)
+        dataset = (card.get("dataset") or {}).get("name", "Flowers-102")
+        return AppModel(model, _names(model, card, data_root), f"trained checkpoint {path.name}{score}", True, card,
+                        f"AdaViT-S/14 {dataset}", for_checkpoint(path, card))
     try:
         model = checkpoint.from_backbone()
         why = (f"no checkpoint at {path.relative_to(checkpoint.REPO) if path.is_relative_to(checkpoint.REPO) else path}"

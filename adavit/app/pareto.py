@@ -3,6 +3,9 @@
 Grey points and the blue front are the shipped sweep (whole val split; `sweep.pareto` picks the
 front); green points are settings evaluated live in this process (stratified val subset); the red
 star is where the sliders are now. Its accuracy is live or from the sweep, as its hover text says.
+Black and orange lines are the fronts AdaViT must beat: the resolution baseline (every token of a
+smaller image; the card's "sweep_resolution", else its "compare") and the best peer strategy of
+`adavit compare` (EViT, ATS, ToMe or random, whichever has the best mean top-1 over the budgets).
 """
 from __future__ import annotations
 
@@ -14,6 +17,41 @@ from ..measure.sweep import pareto
 from .live_accuracy import Accuracy, describe_setting
 
 AXES = (("gflops_mean", "GFLOPs per image"), ("latency_ms_b1", "batch-1 CPU latency (ms)"))
+PEER_STYLE = {"resolution": {"color": "black", "dash": "dot"}, "peer": {"color": "darkorange", "dash": "dash"}}
+
+
+def _compare_points(points: list[dict]) -> list[dict]:
+    return [{"top1": p["top1"], "gflops_mean": p["gflops"], "latency_ms_b1": p.get("latency_ms_b1"),
+             "label": f"{p['budget']:.0%} budget: {p['settings']}"} for p in points if p.get("settings")]
+
+
+def peer_fronts(card: dict) -> dict[str, tuple[str, list[dict]]]:
+    """{"resolution" | "peer": (legend name, points with top1 / gflops_mean / latency_ms_b1)} from the card."""
+    out: dict[str, tuple[str, list[dict]]] = {}
+    compare = (card.get("compare") or {}).get("strategies") or {}
+    if card.get("sweep_resolution"):
+        out["resolution"] = ("resolution baseline (sweep)", [
+            {**p, "label": f"every token at {p['side']} px"} for p in card["sweep_resolution"]])
+    elif compare.get("resolution"):
+        out["resolution"] = ("resolution baseline (compare)", _compare_points(compare["resolution"]))
+    peers = {n: _compare_points(pts) for n, pts in compare.items() if n not in ("adavit", "resolution")}
+    peers = {n: pts for n, pts in peers.items() if pts}
+    if peers:
+        best = max(peers, key=lambda n: sum(p["top1"] for p in peers[n]) / len(peers[n]))
+        out["peer"] = (f"best peer: {best} (compare)", peers[best])
+    return out
+
+
+def _peer_traces(fig: go.Figure, fronts: dict[str, tuple[str, list[dict]]]) -> None:
+    for kind, (name, points) in fronts.items():
+        for col, (key, _) in enumerate(AXES, start=1):
+            pts = sorted((p for p in points if p.get(key) is not None), key=lambda p: p[key])
+            if pts:
+                fig.add_trace(go.Scatter(
+                    x=[p[key] for p in pts], y=[100 * p["top1"] for p in pts], mode="lines+markers", name=name,
+                    line={**PEER_STYLE[kind], "width": 2}, marker={"size": 6}, showlegend=col == 1,
+                    legendgroup=kind, text=[f"{name}<br>{p['label']}<br>top-1 {100 * p['top1']:.2f}%" for p in pts],
+                    hoverinfo="text"), row=1, col=col)
 
 
 def _sweep_traces(fig: go.Figure, points: list[dict]) -> None:
@@ -41,11 +79,14 @@ def _sweep_traces(fig: go.Figure, points: list[dict]) -> None:
                 legendgroup="full"), row=1, col=col)
 
 
-def figure(sweep: list[dict] | None, live: list[Accuracy], current: dict | None, height: int = 380) -> go.Figure:
-    """`current`: {"gflops", "latency_ms", "accuracy": Accuracy | None, "settings": dict}."""
+def figure(sweep: list[dict] | None, live: list[Accuracy], current: dict | None, peers: dict | None = None,
+           height: int = 380) -> go.Figure:
+    """`current`: {"gflops", "latency_ms", "accuracy": Accuracy | None, "settings": dict};
+    `peers`: `peer_fronts(card)`."""
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.09,
                         subplot_titles=[f"top-1 vs {t}" for _, t in AXES])
     _sweep_traces(fig, sweep or [])
+    _peer_traces(fig, peers or {})
     live_pts = [a for a in live if a.top1 is not None and a.gflops_mean is not None]
     if live_pts:
         fig.add_trace(go.Scatter(

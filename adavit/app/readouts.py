@@ -1,4 +1,4 @@
-"""The app's numbers as text: top-5, the not-a-flower hint, tokens, GFLOPs, latency, server time.
+"""The app's numbers as text: top-5, the out-of-distribution hint, tokens, GFLOPs, latency, server time.
 
 Pure formatting of an `analysis.Analysis`, so the UI, the API JSON and the tests read the same values.
 """
@@ -22,17 +22,21 @@ def top5(result: Analysis) -> dict[str, float]:
 
 
 def hint(result: Analysis, trained: bool) -> str:
-    """Markdown: a warning when the image is probably not a flower (or the weights are untrained)."""
+    """Markdown: is this photo like the training data (the OOD score), and how sure is the top class."""
     if not trained:
         return "⚠️ **Untrained weights**: these classes are not predictions (see the model line at the top)."
-    if result.not_a_flower:
-        # softmax confidence cannot tell "no flower" from "a flower photographed unlike Flowers-102"
-        return (f"🌼❓ **Unsure: probably not a flower, or not one of the 102 Flowers-102 species as that dataset "
-                f"photographs them**: the top class has only "
-                f"{100 * result.max_prob:.0f}% and the prediction is spread out "
-                f"(entropy {100 * result.entropy_share:.0f}% of the maximum).")
-    return (f"Confident: top class {100 * result.max_prob:.0f}%, "
-            f"entropy {100 * result.entropy_share:.0f}% of the maximum.")
+    top = f"top class {100 * result.max_prob:.0f}%"
+    o = result.ood
+    if o is None:  # a timm model by name, a test model: no statistics to compare with
+        return (f"No out-of-distribution check for this model (its checkpoint has no OOD statistics), so a photo "
+                f"of something else still gets one of its classes; {top}.")
+    data = o.dataset or "the training data"
+    within = (f"which {100 * o.pass_rate:.0f}% of {data} val photos are within" if o.pass_rate else "the threshold")
+    if o.in_distribution:
+        return f"Looks like a {data} photo: feature distance {o.score:.0f} ≤ {o.threshold:.0f} ({within}); {top}."
+    return (f"🌼❓ **Probably not one of the {o.num_classes} classes of {data}**: this photo's features lie far "
+            f"from all of them (distance {o.score:.0f} > {o.threshold:.0f}, {within}). "
+            f"The top-5 are the nearest classes, not an identification; {top}.")
 
 
 def _ratio(ours: float, full: float) -> str:

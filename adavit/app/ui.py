@@ -24,7 +24,9 @@ import torch
 from ..data import default_data_root
 from . import overlay, readouts
 from .analysis import MODE_CHOICES, RESOLUTIONS, make_settings
+from .compare import BUDGETS, Comparer, budget_label, compare
 from .explorer import Explorer
+from .gpu import on_gpu
 from .models import TIMM_SUGGESTIONS, AppModel, load_default
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,6 +93,7 @@ def build_app(app_model: AppModel | None = None, data_root: Path | None | str = 
                              f"{fine!r}, {k1!r}, {k2!r}, {res!r}") from None
         return make_settings(*values[:3], mode, values[3])
 
+    @on_gpu  # ZeroGPU: a GPU for each call when the `spaces` package exists; the identity elsewhere
     def analyze_ui(image, fine, k1, k2, mode, res, layers, model_name):
         """Release/upload/toggle: overlays + numbers. Bad input -> warning + message, never a crash."""
         try:
@@ -113,6 +116,7 @@ def build_app(app_model: AppModel | None = None, data_root: Path | None | str = 
                 readouts.stats_html(r, out.server_ms, out.render_ms),
                 f"ℹ️ {status}" if status else "", r.to_json()]
 
+    @on_gpu
     def accuracy_ui(image, fine, k1, k2, mode, res, model_name):
         """After each analysis: accuracy at this setting (live or from the sweep) and the Pareto chart."""
         try:
@@ -128,6 +132,7 @@ def build_app(app_model: AppModel | None = None, data_root: Path | None | str = 
         except ValueError as e:
             return f"**Accuracy**: not available ({e})", None
 
+    @on_gpu
     def api_analyze(image, fine_ratio, keep1, keep2, mode, resolution=224):
         """(image, fine_ratio, keep1, keep2, mode[, resolution]) -> JSON with top5, tokens_per_stage,
         gflops, gflops_full, latency_ms, latency_ms_full (default model, no overlays)."""
@@ -138,6 +143,19 @@ def build_app(app_model: AppModel | None = None, data_root: Path | None | str = 
             return ex.analyze(None, image, settings_of(fine_ratio, keep1, keep2, mode, resolution)).to_json()
         except ValueError as e:
             raise gr.Error(str(e)) from e
+
+    comparer = Comparer(app_model.model, app_model.class_names, app_model.card)
+
+    def compare_ui(image, budget):
+        """Compare tab: the photo under every strategy at one budget; bad input -> warning + message."""
+        try:
+            image = _upload(image)
+            if image is None:
+                return [], EMPTY, None
+            return compare(comparer, image, budget)
+        except ValueError as e:
+            gr.Warning(str(e))
+            return [], f"❌ **Cannot compare**: {e}", None
 
     def load_timm_ui(name, current):
         try:
@@ -196,6 +214,14 @@ def build_app(app_model: AppModel | None = None, data_root: Path | None | str = 
         with gr.Accordion("JSON of this result (the /analyze API returns the same)", open=False):
             as_json = gr.JSON(label="result")
         api_btn = gr.Button(visible=False)
+        with gr.Tab("Compare strategies at one budget", elem_id="compare-tab"):
+            with gr.Row():
+                cmp_budget = gr.Radio([budget_label(b) for b in BUDGETS], value=budget_label(BUDGETS[1]),
+                                      label="compute budget (share of the full-token GFLOPs at 224 px)")
+                cmp_btn = gr.Button("Compare AdaViT, resolution, random, EViT, ATS and ToMe on this photo")
+            cmp_gallery = gr.Gallery(label="where each strategy spends its tokens", columns=3, elem_id="compare")
+            cmp_md = gr.Markdown("", elem_id="compare-table")
+            cmp_json = gr.JSON(visible=False)
 
         sliders = [fine, keep1, keep2, mode, res]
         ui_in = [image, *sliders, layers, model_name]
@@ -217,6 +243,8 @@ def build_app(app_model: AppModel | None = None, data_root: Path | None | str = 
             .then(model_line, model_name, weights_md, api_visibility="private").then(**fast).then(**slow)
         demo.load(**fast).then(**slow)
         api_btn.click(api_analyze, [image, fine, keep1, keep2, mode, res], as_json, api_name="analyze",
+                      api_visibility="public", preprocess=False)
+        cmp_btn.click(compare_ui, [image, cmp_budget], [cmp_gallery, cmp_md, cmp_json], api_name="compare",
                       api_visibility="public", preprocess=False)
 
         examples = [[str(EXAMPLES / f), d["fine_ratio"], d["keep1"], d["keep2"], d["mode"], d["resolution"]]

@@ -11,7 +11,7 @@ import timm
 import torch
 from torch import nn
 
-from .config import AdaViTConfig, Settings
+from .config import PATCH, AdaViTConfig, Settings
 from .patching import Layout, embed
 from .sampler import Selection, Tokens
 from .stages import StagesOut, run_stages, split_blocks
@@ -26,6 +26,7 @@ class Prediction:
     tokens_per_stage: torch.Tensor  # (B, 3) tokens each stage ran on, CLS included
     layout: Layout
     selections: list[Selection]
+    features: torch.Tensor | None = None  # (B, D) what the head saw: out-of-distribution scores use it
 
     def traces(self) -> list[Trace]:
         return build_traces(self.layout, self.selections, self.tokens_per_stage)
@@ -35,7 +36,12 @@ class AdaViT(nn.Module):
     def __init__(self, vit: nn.Module, config: AdaViTConfig):
         super().__init__()
         if getattr(vit, "num_prefix_tokens", 1) != 1 or getattr(vit, "global_pool", "token") != "token":
-            raise ValueError("AdaViT needs a ViT with one CLS token and CLS pooling (e.g. vit_small_patch14_dinov2)")
+            raise ValueError("AdaViT needs a ViT with one CLS token and CLS pooling (e.g. vit_small_patch14_dinov2); "
+                             "for registers or other pooling use the plug-in, adavit.patch(model)")
+        patch = tuple(getattr(getattr(vit, "patch_embed", None), "patch_size", ()))
+        if patch != (PATCH, PATCH):
+            raise ValueError(f"AdaViT's mixed-scale patching is built for {PATCH} px patches (28 px regions); this "
+                             f"ViT has {patch or 'no'} patches; use the plug-in, adavit.patch(model), for it")
         self.vit = vit
         self.config = config
         split_blocks(vit.blocks, config.stages)  # fail early on a bad stage split
@@ -82,4 +88,5 @@ class AdaViT(nn.Module):
     def forward(self, images: torch.Tensor, settings: Settings = Settings()) -> Prediction:
         tokens, layout = self.tokenize(images, settings.fine_ratio)
         out = self.run(tokens, layout, settings)
-        return Prediction(self.classify(out.tokens), torch.stack(out.counts, 1), layout, out.selections)
+        feats = self.features(out.tokens)
+        return Prediction(self.vit.head(feats), torch.stack(out.counts, 1), layout, out.selections, feats)

@@ -43,7 +43,7 @@ def detail_score(images: torch.Tensor, low: torch.Tensor | None = None) -> torch
 def split_mask(score: torch.Tensor, fine_ratio: float) -> torch.Tensor:
     """The top `fine_ratio` share of regions per image (stable ties, so results are reproducible)."""
     b, gh, gw = score.shape
-    n_fine = round(fine_ratio * gh * gw)
+    n_fine = round(fine_ratio * int(gh) * int(gw))  # int(): shapes are tensors under ONNX tracing
     order = torch.sort(score.flatten(1), dim=1, descending=True, stable=True).indices
     positions = torch.arange(gh * gw, device=score.device).expand(b, -1).contiguous()
     ranks = torch.empty_like(order).scatter_(1, order, positions)
@@ -105,7 +105,8 @@ def embed(vit, images: torch.Tensor, fine_ratio: float) -> tuple[torch.Tensor, L
     Only the patch embeddings that are used get computed: when every region splits (fine_ratio 1:
     the plain ViT) there is no coarse conv and no gather, and when none does, no fine conv.
     """
-    b, _, h, w = images.shape
+    b = images.shape[0]
+    h, w = int(images.shape[2]), int(images.shape[3])  # ints even under ONNX tracing (the side is fixed there)
     check_side(h, "image height")
     check_side(w, "image width")
     gh, gw = h // PATCH, w // PATCH

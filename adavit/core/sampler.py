@@ -45,8 +45,10 @@ class Selection:
     fused: torch.Tensor  # (B, N) bool: dropped tokens merged into this sampler's fused token
 
 
-def significance(qkv: torch.Tensor, attn, tokens: Tokens) -> torch.Tensor:
-    """Scores (B, N) from the qkv projection output (B, P+N, 3*D) of a timm Attention module."""
+def significance(qkv: torch.Tensor, attn, tokens: Tokens, value_norm: bool = True) -> torch.Tensor:
+    """Scores (B, N) from the qkv projection output (B, P+N, 3*D) of a timm Attention module.
+
+    value_norm=False gives EViT's score: the CLS attention alone (averaged over heads)."""
     b, m, _ = qkv.shape
     q, k, v = qkv.reshape(b, m, 3, attn.num_heads, attn.head_dim).unbind(2)
     q, k = attn.q_norm(q), attn.k_norm(k)
@@ -56,7 +58,7 @@ def significance(qkv: torch.Tensor, attn, tokens: Tokens) -> torch.Tensor:
     if tokens.valid is not None:
         logits[:, :, p:] = logits[:, :, p:].masked_fill(~valid[:, None], float("-inf"))
     cls_attn = logits.softmax(-1).mean(1)[:, p:]
-    score = cls_attn * v[:, p:].flatten(2).norm(dim=-1)
+    score = cls_attn * v[:, p:].flatten(2).norm(dim=-1) if value_norm else cls_attn
     score = score * valid
     return score / score.sum(1, keepdim=True).clamp_min(torch.finfo(score.dtype).tiny)
 
@@ -90,10 +92,13 @@ def _gather(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(t, 1, idx if t.dim() == 2 else idx.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
 
 
-def reduce(tokens: Tokens, scores: torch.Tensor, keep: float, mode: str, fuse: bool) -> tuple[Tokens, Selection]:
-    """Keep the selected tokens (in their original order), optionally plus one fused token."""
+def reduce(tokens: Tokens, scores: torch.Tensor, keep: float, mode: str, fuse: bool,
+           kept: torch.Tensor | None = None) -> tuple[Tokens, Selection]:
+    """Keep the selected tokens (in their original order), optionally plus one fused token.
+
+    `kept` (B, N) bool overrides `select(scores, valid, keep, mode)` for samplers with their own rule."""
     valid = tokens.valid_mask()
-    kept = select(scores, valid, keep, mode)
+    kept = select(scores, valid, keep, mode) if kept is None else kept & valid
     dropped = valid & ~kept
     n_kept = kept.sum(1)
     has_fused = dropped.any(1) if fuse else torch.zeros_like(n_kept, dtype=torch.bool)

@@ -5,7 +5,7 @@ Scores come from a forward hook on the last block's `attn.qkv`, so no timm forwa
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -14,6 +14,9 @@ from torch import nn
 from .attention import key_padding_mask, local_window_mask, window_ids
 from .config import Sampling
 from .sampler import Selection, Tokens, reduce, significance
+
+# a sampler between stages: (tokens, scores, keep, sampler index) -> (shorter tokens, what it decided)
+Reducer = Callable[[Tokens, torch.Tensor, float, int], tuple[Tokens, Selection]]
 
 
 @dataclass
@@ -56,8 +59,11 @@ def run_stage(
     *,
     score: bool,
     local_mask: torch.Tensor | None = None,
+    value_norm: bool = True,
 ) -> tuple[Tokens, torch.Tensor | None]:
-    """Blocks of one stage (local attention on every other block when a window mask is given)."""
+    """Blocks of one stage (local attention on every other block when a window mask is given).
+
+    value_norm=False scores by CLS attention alone (EViT) instead of ATS's attention x |V|."""
     pad = key_padding_mask(tokens.valid, tokens.num_prefix)
     sink: list[torch.Tensor] = []
     hook = _scores_hook(blocks[-1], sink) if score else None
@@ -70,7 +76,7 @@ def run_stage(
         if hook is not None:
             hook.remove()
     out = replace(tokens, x=x)
-    return out, significance(sink[-1], blocks[-1].attn, out) if score else None
+    return out, significance(sink[-1], blocks[-1].attn, out, value_norm) if score else None
 
 
 def run_stages(
@@ -82,10 +88,13 @@ def run_stages(
     windows: Sequence[int] | None = None,
     boxes: torch.Tensor | None = None,
     width: int | None = None,
+    reducer: Reducer | None = None,
+    value_norm: bool = True,
 ) -> StagesOut:
     """Stages `start..` with a sampler after each stage but the last.
 
     `boxes` (B, T, 4) and `width` locate stage-0 tokens for local windows (`windows[s]` px, 0 = off).
+    `reducer(tokens, scores, keep, s)` replaces ATS's `reduce` (the peer strategies in core.strategies).
     """
     if len(sampling.keep) != len(stages) - 1:
         raise ValueError(f"{len(stages)} stages need {len(stages) - 1} keep ratios, got {sampling.keep}")
@@ -98,8 +107,11 @@ def run_stages(
             local = local_window_mask(ids, tokens.num_prefix, tokens.valid)
         counts.append(tokens.counts)
         last = s == len(stages) - 1
-        tokens, scores = run_stage(stages[s], tokens, score=not last, local_mask=local)
+        tokens, scores = run_stage(stages[s], tokens, score=not last, local_mask=local, value_norm=value_norm)
         if not last:
-            tokens, sel = reduce(tokens, scores, sampling.keep[s], sampling.mode, sampling.fuse)
+            if reducer is None:
+                tokens, sel = reduce(tokens, scores, sampling.keep[s], sampling.mode, sampling.fuse)
+            else:
+                tokens, sel = reducer(tokens, scores, sampling.keep[s], s)
             selections.append(sel)
     return StagesOut(tokens, selections, counts)

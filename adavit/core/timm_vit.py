@@ -66,11 +66,16 @@ class UniformViT(nn.Module):
     def run(self, tokens: Tokens, layout: Layout, settings: Settings, start: int = 0) -> StagesOut:
         return run_stages(self.stages, tokens, settings.sampling, start=start)
 
+    def features(self, tokens: Tokens) -> torch.Tensor:
+        """What the head sees: timm's pooling and fc_norm of the final-norm tokens."""
+        return self.vit.forward_head(self.vit.norm(tokens.x), pre_logits=True)
+
     def classify(self, tokens: Tokens) -> torch.Tensor:
-        return self.vit.forward_head(self.vit.norm(tokens.x))
+        return self.vit.head(self.features(tokens))
 
     def forward(self, images: torch.Tensor, settings: Settings | None = None) -> Prediction:
         settings = settings or Settings()
         tokens, layout = self.tokenize(images, settings.fine_ratio)
         out = self.run(tokens, layout, settings)
-        return Prediction(self.classify(out.tokens), torch.stack(out.counts, 1), layout, out.selections)
+        feats = self.features(out.tokens)
+        return Prediction(self.vit.head(feats), torch.stack(out.counts, 1), layout, out.selections, feats)

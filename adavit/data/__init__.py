@@ -1,5 +1,5 @@
-"""Data: Flowers-102 (where it is, splits, class names, stratified subsets), timm's transforms with
-the eval geometry, and upload decoding (any photo in, RGB or a clear error out).
+"""Data: Flowers-102 (where it is, splits, class names, stratified subsets), your own image folders,
+timm's transforms with the eval geometry, and upload decoding (any photo in, RGB or a clear error out).
 
 May import: core.
 """
@@ -7,16 +7,16 @@ from .datasets import (
     NUM_CLASSES,
     class_names,
     default_data_root,
-    eval_dataset,
     flowers,
     resolve_data_root,
     stratified_subset,
 )
+from .labelled import Files, LabelledData, eval_dataset, open_data
 from .transforms import Prepared, eval_transform, prepare, train_transform
 from .upload import ImageError, Loaded, load_image
 
 __all__ = [
-    "NUM_CLASSES", "ImageError", "Loaded", "Prepared", "class_names", "default_data_root", "eval_dataset",
-    "eval_transform", "flowers", "load_image", "prepare", "resolve_data_root", "stratified_subset",
-    "train_transform",
+    "Files", "ImageError", "LabelledData", "Loaded", "NUM_CLASSES", "Prepared", "class_names",
+    "default_data_root", "eval_dataset", "eval_transform", "flowers", "load_image", "open_data", "prepare",
+    "resolve_data_root", "stratified_subset", "train_transform",
 ]

@@ -6,9 +6,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import Dataset, Subset
-
-from .transforms import eval_transform
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -78,26 +75,3 @@ def stratified_subset(targets: list[int], per_class: int, seed: int = 0) -> list
         by_class.setdefault(int(t), []).append(i)
     picked = [j for c in sorted(by_class) for j in rng.permutation(by_class[c])[:per_class]]
     return sorted(int(j) for j in picked)
-
-
-def eval_dataset(root: str | None, split: str, resolution: int, per_class: int | None = None,
-                 limit: int | None = None, download: bool = False) -> tuple[Dataset, Path]:
-    """The split at eval geometry, optionally a stratified `per_class` subset and/or its first `limit`."""
-    path = resolve_data_root(root, download)
-    ds = flowers(path, split, eval_transform(resolution), download=download)
-    missing = [f for f in ds._image_files if not Path(f).exists()]
-    if missing:  # torchvision checks only the .mat files; this copy may lack a split's images
-        raise ValueError(f"the {split} split's images are not under {path / 'flowers-102' / 'jpg'} "
-                         f"({len(missing)} of {len(ds)} missing, e.g. {Path(missing[0]).name}); "
-                         "this copy of Flowers-102 holds only some splits: use --split val, "
-                         "or point --data-root at a full copy")
-    indices = list(range(len(ds)))
-    if per_class is not None:
-        if per_class < 1:
-            raise ValueError(f"--per-class must be at least 1, got {per_class}")
-        indices = stratified_subset(ds._labels, per_class)
-    if limit is not None:
-        if limit < 1:
-            raise ValueError(f"--limit must be at least 1, got {limit}")
-        indices = indices[:limit]
-    return (ds if len(indices) == len(ds) else Subset(ds, indices)), path

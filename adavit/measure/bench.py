@@ -2,6 +2,10 @@
 
     python -m adavit bench [--json PATH] [--checkpoint PATH] [--runs 20] [--threads N]
                            [--fine-ratio F --keep1 K --keep2 K --mode topk|sample --fuse --resolution R]
+                           [--runtime torch|onnxruntime] [--precision fp32|int8] [--all]
+
+--runtime / --precision other than torch fp32, and --all, time the cells of adavit.measure.runtimes
+instead (JSON {"settings", "cells": [...], ...}); plain `bench` is the torch fp32 comparison below.
 
 "full" is timm's own forward of the same weights at img_size=R, with the position grid resampled
 exactly as AdaViT resamples it (adavit.core.patching.position_grid): every token, none of AdaViT's
@@ -34,8 +38,11 @@ import torch
 from ..core.config import DEFAULT_SETTINGS, PATCH, AdaViTConfig, Settings
 from ..core.model import AdaViT
 from ..core.patching import position_grid
+from ..export.check import fixed_images
+from ..export.graph import check_exportable
+from ..export.quantize import PRECISIONS
 from ..weights import checkpoint
-from . import flops, latency
+from . import flops, latency, runtimes
 
 TARGET_LATENCY_B1 = 2.5
 TARGET_GFLOPS = 3.0
@@ -79,15 +86,7 @@ def plain_vit(model: AdaViT, resolution: int) -> torch.nn.Module:
 
 def bench_images(resolution: int, n: int = BATCH) -> tuple[torch.Tensor, str]:
     """n Flowers-102 val images (one per class, fixed) when the data is there, else a fixed random batch."""
-    from .. import data
-
-    root = data.default_data_root()
-    if root is not None:
-        ds = data.flowers(root, "val", data.eval_transform(resolution))
-        idx = data.stratified_subset(list(ds._labels), 1)[:n]
-        return torch.stack([ds[i][0] for i in idx]), f"Flowers-102 val, {n} images (one per class)"
-    g = torch.Generator().manual_seed(0)
-    return torch.randn(n, 3, resolution, resolution, generator=g), f"random tensor (seed 0), {n} images"
+    return fixed_images(resolution, n)
 
 
 def interleaved_medians(fns: dict[str, Callable[[], object]], runs: int, warmup: int = 2) -> dict[str, float]:
@@ -106,10 +105,25 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], runs: int, warmup:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def cpu_model() -> str:
+    """The CPU's marketing name (Linux /proc/cpuinfo), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine(load_at_start: list[float]) -> dict:
     """What ran it; the load average before the bench started says whether other work competed."""
+    import onnxruntime
+
     return {
         "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "onnxruntime": onnxruntime.__version__,
         "cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "mkl": torch.backends.mkl.is_available(), "mkldnn": torch.backends.mkldnn.is_available(),
         "load_average_at_start": load_at_start, "load_average_at_end": list(os.getloadavg()),
@@ -135,8 +149,8 @@ def entry(timing: tuple[float, float, float], tokens: list[int], per_image: np.n
             "tokens_per_stage": tokens}
 
 
-def run(args: argparse.Namespace) -> dict:
-    load_at_start = list(os.getloadavg())
+def setup(args: argparse.Namespace) -> tuple[AdaViT, Settings, str, tuple[int, ...]]:
+    """The weights, the bench setting and the CPU weight layout (shared by both kinds of bench)."""
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"loading weights ({torch.get_num_threads()} threads) ...", flush=True)
@@ -146,8 +160,14 @@ def run(args: argparse.Namespace) -> dict:
                                ("mode", args.mode), ("fuse", args.fuse or None), ("resolution", args.resolution))
              if v is not None}
     settings = replace(base, **given)
-    res = settings.resolution
     layout = () if args.no_optimize else latency.optimize_for_cpu(model, settings)
+    return model, settings, weights, layout
+
+
+def run(args: argparse.Namespace) -> dict:
+    load_at_start = list(os.getloadavg())
+    model, settings, weights, layout = setup(args)
+    res = settings.resolution
     plain = plain_vit(model, res)
     images, source = bench_images(res)
     print(f"weights: {weights}\ninput: {source}\nsettings: {settings}\ncolumn-major stages: {layout}", flush=True)
@@ -176,6 +196,25 @@ def run(args: argparse.Namespace) -> dict:
     out.update(speedup=speedup, machine=machine(load_at_start), weights=weights, input=source,
                cpu_layout_stages=list(layout), runs=args.runs, flops_convention=flops.CONVENTION)
     return out
+
+
+def run_cells(args: argparse.Namespace) -> dict:
+    """runtime x precision x {full, adavit} (adavit.measure.runtimes), all in one process."""
+    load_at_start = list(os.getloadavg())
+    model, settings, weights, layout = setup(args)
+    cells = runtimes.cells_for(args.runtime, args.precision, args.all)
+    if any(c.runtime == "onnxruntime" for c in cells):
+        check_exportable(settings)
+    plain = plain_vit(model, settings.resolution)
+    images, source = bench_images(settings.resolution)
+    print(f"weights: {weights}\ninput: {source}\nsettings: {settings}", flush=True)
+    with torch.inference_mode():
+        gflops = {"full": flops.count_flops(lambda: plain(images[:1])) / 1e9,
+                  "adavit": flops.count_flops(lambda: model(images[:1], settings)) / 1e9}
+    rows = runtimes.measure_cells(cells, model, plain, settings, images, args.runs, interleaved_medians, gflops)
+    return {"settings": settings.to_dict(), "cells": rows, "ratios": runtimes.ratios(rows),
+            "machine": machine(load_at_start), "weights": weights, "input": source, "runs": args.runs,
+            "batch": len(images), "cpu_layout_stages": list(layout), "flops_convention": flops.CONVENTION}
 
 
 def table(out: dict) -> str:
@@ -212,6 +251,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resolution", type=int, default=224)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-optimize", action="store_true", help="skip adavit.measure.latency.optimize_for_cpu")
+    p.add_argument("--runtime", choices=runtimes.RUNTIMES, default="torch",
+                   help="time the full-token ViT and AdaViT in this runtime (with the eager fp32 pair beside them)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="int8: dynamic int8 Linear weights")
+    p.add_argument("--all", action="store_true", help="every runtime x precision x {full, adavit} cell")
     args = p.parse_args(argv)
     if args.runs < 1:
         p.error("--runs must be at least 1")
@@ -220,12 +263,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    cells = args.all or (args.runtime, args.precision) != ("torch", "fp32")
     try:
-        out = run(args)
+        out = run_cells(args) if cells else run(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}")
         return 2
-    print(table(out))
+    if cells:
+        print(runtimes.table(out["cells"]))
+        print("  ".join(f"{k} {v:.2f}x" for k, v in out["ratios"].items()))
+        m = out["machine"]
+        print(f"cpu: {m['cpu_model']} ({m['cpu_capability']}, {m['threads']} threads); "
+              f"load average at start {m['load_average_at_start'][0]:.1f}")
+    else:
+        print(table(out))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=2))

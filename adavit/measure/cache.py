@@ -50,7 +50,8 @@ def run_from_stage1(model: AdaViT, cache: Stage1, settings: Settings) -> Predict
     tokens, sel = reduce(cache.tokens, cache.scores, sampling.keep[0], sampling.mode, sampling.fuse)
     out = model.run(tokens, cache.layout, settings, start=1)
     counts = torch.stack([cache.count, *out.counts], 1)
-    return Prediction(model.classify(out.tokens), counts, cache.layout, [sel, *out.selections])
+    feats = model.features(out.tokens)
+    return Prediction(model.vit.head(feats), counts, cache.layout, [sel, *out.selections], feats)
 
 
 @dataclass
@@ -77,4 +78,5 @@ def run_from_stage2(model: AdaViT, s1: Stage1, s2: Stage2, settings: Settings) -
     tokens, sel2 = reduce(s2.tokens, s2.scores, sampling.keep[1], sampling.mode, sampling.fuse)
     out, _ = run_stage(model.stages[2], tokens, score=False, local_mask=None)
     counts = torch.stack([*s2.counts, tokens.counts], 1)
-    return Prediction(model.classify(out), counts, s1.layout, [s2.sel1, sel2])
+    feats = model.features(out)
+    return Prediction(model.vit.head(feats), counts, s1.layout, [s2.sel1, sel2], feats)

@@ -191,6 +191,8 @@ def settings_from(card: dict, **overrides) -> Settings:
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help=f"weights (default {checkpoint.SHIPPED})")
+    p.add_argument("--data", default="flowers102",
+                   help="flowers102 (default) or imagefolder:DIR (the folder the checkpoint was trained on)")
     p.add_argument("--data-root", default=None,
                    help="folder holding flowers-102/ (default: $ADAVIT_DATA or ../shared/data)")
     p.add_argument("--download", action="store_true",
@@ -223,6 +225,12 @@ def parser() -> argparse.ArgumentParser:
                    help=f"batch-1 latency: median over this many images after {LATENCY_WARMUP} warm-up runs (0: skip)")
     p.add_argument("--update-card", action="store_true",
                    help='record the headline numbers in the checkpoint card\'s "val_metrics" (full split only)')
+    r = p.add_argument_group("runtime (adavit.measure.onnx_eval)")
+    r.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch")
+    r.add_argument("--onnx", default=None, help="an `adavit export` file, run in ONNX Runtime at its own setting "
+                   "(default with --runtime onnxruntime: the checkpoint exported for this run)")
+    r.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                   help="precision of that export (int8: dynamic quantization); ignored with --onnx")
     return p
 
 
@@ -281,30 +289,52 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             settings = settings_from(card, fine_ratio=args.fine_ratio, keep1=args.keep1, keep2=args.keep2,
                                      mode=args.mode, fuse=args.fuse, resolution=args.resolution)
+        onnx = args.runtime == "onnxruntime" or args.onnx is not None
+        flags = (args.fine_ratio, args.keep1, args.keep2, args.mode, args.fuse, args.resolution)
+        if args.onnx and not args.full and all(v is None for v in flags):
+            from .onnx_eval import settings_of
+
+            settings = settings_of(args.onnx)  # the file fixes its setting
         ds, root = data.eval_dataset(args.data_root, args.split, settings.resolution, args.per_class, args.limit,
-                                args.download)
+                                     args.download, args.data)
         model = checkpoint.load_model(weights)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     loader = loader_for(ds, args.batch_size, args.workers)
-    res = evaluate(model, loader, settings, names=class_names_of(model, root), latency_images=args.latency_images)
+    names = class_names_of(model, root)
+    runtime = {"runtime": "torch", "precision": "fp32"}
+    if onnx:
+        from .onnx_eval import evaluate_onnx
+
+        try:
+            res, runtime = evaluate_onnx(model, loader, settings, names, onnx_path=args.onnx,
+                                         precision=args.precision, latency_images=args.latency_images)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"runtime: {runtime}")
+    else:
+        res = evaluate(model, loader, settings, names=names, latency_images=args.latency_images)
     print(report(res, args.split, args.latency_images))
     out = {"checkpoint": str(weights), "split": args.split, "data_root": str(root),
            "subset": {"per_class": args.per_class, "limit": args.limit},
            "latency": {"images": min(args.latency_images, res.n_images), "warmup": LATENCY_WARMUP,
                        "threads": torch.get_num_threads(), "device": str(device_of(model))},
-           **res.to_dict()}
+           **runtime, **res.to_dict()}
     if args.json:
         print(f"wrote {metrics.write_json(args.json, out)}")
     if args.update_card:
-        if args.per_class or args.limit:
+        if onnx:
+            print("not updating the card: it records the PyTorch model's metrics", file=sys.stderr)
+        elif args.per_class or args.limit:
             print("not updating the card: its metrics must come from the whole split", file=sys.stderr)
         else:
             # only the card's own default setting may be recorded as "default"; other settings under their values
             name = "full" if args.full else "default" if settings == settings_from(card) else describe(settings)
             record_in_card(weights, name, out, args.split)
     if args.html:
-        title = f"AdaViT confusion matrix, Flowers-102 {args.split} ({res.n_images} images): {describe(settings)}"
+        dataset = (card.get("dataset") or {}).get("name", "Flowers-102")
+        title = f"AdaViT confusion matrix, {dataset} {args.split} ({res.n_images} images): {describe(settings)}"
         print(f"wrote {metrics.write_html(metrics.confusion_figure(res.confusion(), res.names, title), args.html)}")
     return 0

@@ -169,3 +169,30 @@ def summarize(values) -> dict[str, float]:
     p50, p90 = np.percentile(v, [50, 90])
     return {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "p50": float(p50),
             "p90": float(p90), "max": float(v.max())}
+
+
+def outcome_gflops(model, outcome) -> np.ndarray:
+    """(B,) GFLOPs of each image under any strategy (core.strategies.Outcome), as if run alone.
+
+    The blocks at their per-block token counts, the patch embeddings that ran and the head, plus what
+    the strategies add: ATS/EViT scores (CLS query . keys) per sampler, fused tokens, and ToMe's
+    bipartite similarity matrix (ceil(n/2) x floor(n/2) dot products of head_dim) per matching.
+    """
+    arch = Arch.of(model)
+    head_dim = int(model.vit.blocks[0].attn.head_dim)
+    per_block = outcome.tokens_per_block.detach().cpu().numpy()
+    embedded = outcome.embedded.detach().cpu().numpy()
+    scored = None if outcome.scored is None else outcome.scored.detach().cpu().numpy()
+    fused = None if outcome.fused is None else outcome.fused.detach().cpu().numpy()
+    merges = None if outcome.merges is None else outcome.merges.detach().cpu().numpy()
+    out = []
+    for b in range(len(per_block)):
+        f = vit_flops(per_block[b].tolist(), arch.dim, arch.hidden / arch.dim, int(embedded[b]), patch=arch.patch,
+                      in_chans=arch.in_chans, head=arch.head, attn_dim=arch.attn_dim)
+        if scored is not None:
+            f += sum(2 * arch.attn_dim * int(n) + (2 * (int(n) - 1) * arch.dim if fz else 0)
+                     for n, fz in zip(scored[b], fused[b], strict=True))
+        if merges is not None:
+            f += sum(2 * ((int(n) + 1) // 2) * (int(n) // 2) * head_dim for n in merges[b])
+        out.append(f / 1e9)
+    return np.array(out)

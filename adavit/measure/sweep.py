@@ -1,12 +1,14 @@
 """Sweep fine ratio x keep1 x keep2 (x mode) on Flowers-102 val: accuracy against GFLOPs and latency.
 
-    python -m adavit sweep [--checkpoint PATH] [--fine-ratios 0.25,0.5,1] [--keeps1 0.25,0.5,1]
+    python -m adavit sweep [--checkpoint PATH] [--fine-ratios 0,0.25,0.5,1] [--keeps1 0.25,0.5,1]
         [--keeps2 0.25,0.5,1] [--modes topk] [--fuse] [--per-class N] [--json PATH] [--html PATH]
         [--update-card]
 
 Patching + stage 1 run once per fine ratio and batch (measure.cache.stage1_cache); every keep/mode point
 resumes from there, with exactly the logits of a plain forward. The full-token point is always
-included. The test split is not offered: a sweep chooses settings, and choosing is tuning.
+included, and so is the resolution baseline (every token of the image resized to a smaller side,
+`--resolutions`): fine ratio 0 with keep 1 / 1 is one such point (112 px), and the Pareto front must
+be drawn against it. The test split is not offered: a sweep chooses settings, and choosing is tuning.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from tqdm import tqdm
 
 from ..core.config import MODES, Settings
 from ..core.model import AdaViT
+from ..core.strategies import Resolution
 from ..data import eval_dataset
 from ..weights import checkpoint
 from . import metrics
@@ -38,6 +41,7 @@ from .evaluate import (
     loader_for,
     settings_from,
 )
+from .flops import outcome_gflops
 
 LATENCY_RUNS = 5
 
@@ -79,6 +83,33 @@ def sweep(model: AdaViT, dataset: Dataset, points: Sequence[Settings], *, batch_
     return [done[p] for p in points]
 
 
+def resolution_baseline(model: AdaViT, dataset: Dataset, sides: Sequence[int], *, batch_size: int = 32,
+                        workers: int = 0, latency_runs: int = LATENCY_RUNS, progress: bool = True) -> list[dict]:
+    """Every token of the image resized to each side (core.strategies.Resolution): one record per side."""
+    names = class_names_of(model)
+    loader = loader_for(dataset, batch_size, workers)
+    probe = dataset[0][0][None]
+    out = []
+    for side in tqdm(sides, desc="resolution baseline", unit="side", disable=not progress):
+        strategy = Resolution((side, side))
+        targets, preds, gflops, tokens = [], [], [], []
+        with torch.inference_mode():
+            for images, t in loader:
+                o = strategy.forward(model, images)
+                targets.append(t.numpy())
+                preds.append(o.logits.argmax(1).numpy())
+                gflops.append(outcome_gflops(model, o))
+                tokens.append(o.tokens_per_stage.numpy())
+            latency = (metrics.median_ms(lambda x, s=strategy: s.forward(model, x), [probe] * latency_runs, warmup=1)
+                       if latency_runs else None)
+        scores = metrics.classification(np.concatenate(targets), np.concatenate(preds), names)
+        out.append({"strategy": "resolution", "side": side, "top1": scores["top1"],
+                    "weighted_f1": scores["weighted_f1"], "gflops_mean": float(np.concatenate(gflops).mean()),
+                    "latency_ms_b1": latency, "n_images": len(dataset),
+                    "tokens_per_stage": [float(v) for v in np.concatenate(tokens).mean(0)]})
+    return out
+
+
 def pareto(cost: Sequence[float], acc: Sequence[float]) -> np.ndarray:
     """Indices of the points no other point beats (lower-or-equal cost and higher-or-equal accuracy,
     one of them strictly), sorted by cost."""
@@ -95,8 +126,9 @@ def label(p: dict) -> str:
     return f"{name}<br>top-1 {100 * p['top1']:.2f}%, F1 {100 * p['weighted_f1']:.2f}%<br>tokens {tokens}"
 
 
-def pareto_figure(points: list[dict], title: str = "AdaViT sweep") -> go.Figure:
-    """Top-1 against mean GFLOPs (left) and batch-1 latency (right); fronts drawn, full-token point starred."""
+def pareto_figure(points: list[dict], title: str = "AdaViT sweep", baseline: Sequence[dict] = ()) -> go.Figure:
+    """Top-1 against mean GFLOPs (left) and batch-1 latency (right); fronts drawn, full-token point starred,
+    the resolution baseline (`resolution_baseline` records) as a black line."""
     axes = [("gflops_mean", "mean GFLOPs per image"), ("latency_ms_b1", "batch-1 CPU latency (ms)")]
     fig = make_subplots(rows=1, cols=2, subplot_titles=[f"top-1 vs {t}" for _, t in axes], horizontal_spacing=0.08)
     acc = [100 * p["top1"] for p in points]
@@ -122,6 +154,13 @@ def pareto_figure(points: list[dict], title: str = "AdaViT sweep") -> go.Figure:
             marker={"symbol": "star", "size": 16, "color": "crimson"},
             text=[text[i] for i in full], hoverinfo="text", showlegend=first, legendgroup="full"),
             row=1, col=col)
+        base = sorted((p for p in baseline if p.get(key) is not None), key=lambda p: p[key])
+        if base:
+            fig.add_trace(go.Scatter(
+                x=[p[key] for p in base], y=[100 * p["top1"] for p in base], mode="lines+markers",
+                name="resolution baseline (every token, smaller image)", line={"color": "black", "dash": "dot"},
+                text=[f"{p['side']} px, every token<br>top-1 {100 * p['top1']:.2f}%" for p in base], hoverinfo="text",
+                showlegend=first, legendgroup="resolution"), row=1, col=col)
         fig.update_xaxes(title_text=axis_title, row=1, col=col)
         fig.update_yaxes(title_text="top-1 (%)", row=1, col=col)
     fig.update_layout(title=title, width=1300, height=560, hovermode="closest")
@@ -140,10 +179,12 @@ def records(results: list[EvalResult]) -> list[dict]:
     return out
 
 
-def update_card(weights, points: list[dict]) -> None:
-    """Replace the card's "sweep" and keep every other key (atomic: a crash leaves the old card)."""
+def update_card(weights, points: list[dict], baseline: Sequence[dict] = ()) -> None:
+    """Replace the card's "sweep" (and "sweep_resolution", the baseline) and keep every other key (atomic:
+    a crash leaves the old card)."""
     card = checkpoint.read_card(weights)
-    metrics.write_json(checkpoint.card_path(weights), {**card, "sweep": points})
+    extra = {"sweep_resolution": list(baseline)} if baseline else {}
+    metrics.write_json(checkpoint.card_path(weights), {**card, "sweep": points, **extra})
 
 
 def floats(text: str) -> list[float]:
@@ -165,7 +206,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="adavit sweep", description=__doc__.split("\n\n")[0])
     add_model_args(p)
     g = p.add_argument_group("grid (the full-token point is always added)")
-    g.add_argument("--fine-ratios", type=floats, default=[0.25, 0.5, 1.0])
+    g.add_argument("--fine-ratios", type=floats, default=[0.0, 0.25, 0.5, 1.0])
     g.add_argument("--keeps1", type=floats, default=[0.25, 0.5, 1.0])
     g.add_argument("--keeps2", type=floats, default=[0.25, 0.5, 1.0])
     g.add_argument("--modes", default="topk", help=f"comma-separated, from {', '.join(MODES)}")
@@ -175,6 +216,8 @@ def parser() -> argparse.ArgumentParser:
                         "candidates; repeatable")
     p.add_argument("--latency-runs", type=int, default=LATENCY_RUNS,
                    help="batch-1 latency per point: median of N forwards on one image after a warm-up (0: skip)")
+    p.add_argument("--resolutions", type=floats, default=[98, 112, 126, 140, 168, 196],
+                   help="the resolution baseline: every token at these sides (multiples of 14; empty: skip)")
     p.add_argument("--update-card", action="store_true", help="write the points into the checkpoint card's \"sweep\"")
     return p
 
@@ -189,7 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         modes = [m.strip() for m in args.modes.split(",") if m.strip()]
         points = grid(args.fine_ratios, args.keeps1, args.keeps2, modes, args.fuse, resolution)
         points = list(dict.fromkeys(points + extra_points(args.point, modes, args.fuse, resolution)))
-        ds, root = eval_dataset(args.data_root, "val", resolution, args.per_class, args.limit, args.download)
+        ds, root = eval_dataset(args.data_root, "val", resolution, args.per_class, args.limit, args.download,
+                                args.data)
         model = checkpoint.load_model(weights)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -201,6 +245,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = sweep(model, ds, points, batch_size=args.batch_size, workers=args.workers,
                     latency_runs=args.latency_runs)
     pts = records(results)
+    baseline = resolution_baseline(model, ds, [int(s) for s in args.resolutions], batch_size=args.batch_size,
+                                   workers=args.workers, latency_runs=args.latency_runs)
+    for b in baseline:
+        print(f"resolution {b['side']:>3} px every token  top-1 {100 * b['top1']:6.2f}%  "
+              f"GFLOPs {b['gflops_mean']:6.3f}  {b['latency_ms_b1'] or float('nan'):6.1f} ms")
     for p in pts:
         lat = "-" if p["latency_ms_b1"] is None else f"{p['latency_ms_b1']:.1f}"
         tokens = "/".join(f"{t:.0f}" for t in p["tokens_per_stage"])
@@ -210,13 +259,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = {"checkpoint": str(weights), "split": "val", "data_root": str(root), "n_images": len(ds),
            "subset": {"per_class": args.per_class, "limit": args.limit},
            "latency": {"runs": args.latency_runs, "threads": torch.get_num_threads(), "device": str(device_of(model))},
-           "points": pts}
+           "points": pts, "resolution_baseline": baseline}
     if args.json:
         print(f"wrote {metrics.write_json(args.json, out)}")
     if args.html:
         title = f"AdaViT sweep: Flowers-102 val, {len(ds)} images, {weights.name}"
-        print(f"wrote {metrics.write_html(pareto_figure(pts, title), args.html)}")
+        print(f"wrote {metrics.write_html(pareto_figure(pts, title, baseline), args.html)}")
     if args.update_card:
-        update_card(weights, pts)
+        update_card(weights, pts, baseline)
         print(f"updated \"sweep\" in {checkpoint.card_path(weights)}")
     return 0

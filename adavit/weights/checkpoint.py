@@ -76,3 +76,35 @@ def from_backbone(config: AdaViTConfig = AdaViTConfig(), onnx_path: str | Path |
     if unexpected or set(missing) - {"head.weight", "head.bias"}:
         raise ValueError(f"backbone weights do not fit: missing {missing}, unexpected {unexpected}")
     return model.eval()
+
+
+def from_timm(config: AdaViTConfig, init: str | Path | None = None) -> AdaViT:
+    """AdaViT on the timm ViT `config.model_name`, with a new head.
+
+    init: a safetensors file of the timm model's weights (offline), "random" (smoke tests), or None:
+    timm's pretrained weights from the Hugging Face hub (online).
+    """
+    import timm
+    from timm.layers import resample_abs_pos_embed
+
+    if init is None:
+        try:
+            state = timm.create_model(config.model_name, pretrained=True, num_classes=0).state_dict()
+        except Exception as e:  # offline, or no pretrained tag: say what works instead
+            raise ValueError(f"could not fetch pretrained {config.model_name} from the hub ({type(e).__name__}: "
+                             f"{e}); pass --init PATH.safetensors (the timm model's weights) or --init random") from e
+    elif str(init) == "random":
+        state = None
+    else:
+        state = load_file(str(init))
+    model = AdaViT.create(config)  # refuses what the core can't run (no CLS, extra prefix tokens, patch size)
+    if state is not None:
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        pos = model.vit.pos_embed
+        if "pos_embed" in state and state["pos_embed"].shape != pos.shape:
+            side = int((pos.shape[1] - 1) ** 0.5)
+            state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], [side, side], num_prefix_tokens=1)
+        missing, unexpected = model.vit.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - {"head.weight", "head.bias"}:
+            raise ValueError(f"{init} does not fit {config.model_name}: missing {missing}, unexpected {unexpected}")
+    return model.eval()

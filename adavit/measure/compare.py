@@ -1,0 +1,355 @@
+"""AdaViT against naive and peer token reduction at matched compute, on the same fine-tuned ViT-S/14.
+
+    python -m adavit compare --json results/compare.json [--html results/compare.html] [--data-root DIR]
+        [--markdown PATH] [--update-card]
+
+Budgets: 20 / 27 / 35 / 50% of the full-token GFLOPs at 224 px; each point lands within +-5%. For each
+strategy and budget, a small grid of settings (core.strategies) is costed on a few images, the closest
+few per family that fit the budget are evaluated on the *select* half of val (5 images per class,
+stratified, seed 0), and the best of them on the select half is reported on the *report* half (the
+other 510 images) and on all of val. Latency: batch-1 and batch-32 medians of every chosen point and
+the full-token forward, timed in alternating rounds in one process. Per-point results are cached in
+`<json>.cache.jsonl`, so an interrupted run resumes where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .. import data
+from ..core.config import Settings
+from ..core.strategies import STRATEGIES, make
+from ..weights import checkpoint
+from . import metrics
+from .bench import interleaved_medians, machine
+from .compare_report import figure, markdown
+from .flops import CONVENTION, outcome_gflops
+from .sweep import floats
+
+BUDGETS = (0.2, 0.27, 0.35, 0.5)
+TOLERANCE = 0.05  # a point counts at a budget when its mean GFLOPs are within +-5% of it
+AIM = 0.035  # candidates are costed on a few images; aim inside the tolerance to leave room for the rest
+SELECT_PER_CLASS = 5
+SEED = 0
+RESOLUTION = 224
+COMMAND = "python -m adavit compare --json results/compare.json --html results/compare.html"
+
+
+# ---------------------------------------------------------------- the grids
+def grid(name: str) -> Iterator[tuple[object, object]]:
+    """(strategy, family) for every candidate setting; a budget evaluates the closest of each family."""
+    if name == "resolution":  # square, or one or two patches wider than high (a family each)
+        sides = range(56, RESOLUTION + 1, 14)
+        for h in sides:
+            for w in sides:
+                if 0 <= w - h <= 28:
+                    yield make(name, size=(h, w)), w - h
+    elif name in ("random", "evit", "ats"):
+        for a1, a2 in ((1, 4), (2, 6), (4, 8)):  # prune early enough for 20%, or where AdaViT does
+            for k1 in (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0):
+                for k2 in (0.25, 0.5, 0.75):
+                    yield make(name, split=(a1, a2 - a1, 12 - a2), keep=(k1, k2)), a1
+    elif name == "tome":
+        for r in range(4, 129, 2):
+            yield make(name, r=r), None
+    elif name == "adavit":
+        for f in (0.0, 0.1, 0.2, 0.3, 0.5):
+            for k1 in (0.25, 0.5, 0.75, 1.0):
+                for k2 in (0.25, 0.5, 1.0):
+                    for mode, fuse in (("topk", False), ("topk", True), ("sample", False)):
+                        yield make(name, settings=Settings(f, k1, k2, mode, fuse, RESOLUTION)), (f, mode, fuse)
+    else:
+        raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+
+
+def describe(strategy) -> dict:
+    """The settings of a strategy as JSON (its dataclass fields, nested Settings flattened)."""
+    out = {}
+    for f in dataclasses.fields(strategy):
+        v = getattr(strategy, f.name)
+        out[f.name] = v.to_dict() if hasattr(v, "to_dict") else list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def from_description(name: str, settings: dict):
+    """The inverse of `describe`: a strategy from its JSON settings (as stored in the card)."""
+    if name == "adavit":
+        return make(name, settings=Settings(**settings["settings"]))
+    return make(name, **{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
+
+
+# ---------------------------------------------------------------- the cache (resume)
+class Cache:
+    """One JSON line per finished evaluation, keyed by strategy settings and image set."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: dict[str, dict] = {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by an interruption
+                    continue
+                self.rows[row["key"]] = row
+
+    def get(self, key: str) -> dict | None:
+        return self.rows.get(key)
+
+    def put(self, key: str, **value) -> dict:
+        row = {"key": key, **value}
+        self.rows[key] = row
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        return row
+
+
+# ---------------------------------------------------------------- evaluation
+@dataclasses.dataclass
+class Split:
+    images: torch.Tensor  # (N, 3, 224, 224) every val image, eval transform
+    targets: np.ndarray  # (N,)
+    select: np.ndarray  # indices of the select half (settings are chosen here)
+    report: np.ndarray  # the other half (reported, never used to choose)
+    names: tuple[str, ...]
+
+
+def load_split(root, per_class: int, seed: int, workers: int, subset: int | None = None) -> Split:
+    ds, _ = data.eval_dataset(root, "val", RESOLUTION, subset)
+    loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=workers)
+    xs, ys = [], []
+    for x, y in tqdm(loader, desc="load val", unit="batch"):
+        xs.append(x)
+        ys.append(y)
+    targets = torch.cat(ys).numpy()
+    select = np.array(data.stratified_subset(targets.tolist(), per_class, seed))
+    report = np.setdiff1d(np.arange(len(targets)), select)
+    return Split(torch.cat(xs), targets, select, report, tuple(data.class_names(root)))
+
+
+def run_on(model, strategy, images: torch.Tensor, idx: np.ndarray, batch: int, desc: str | None = None):
+    """Predictions and per-image GFLOPs of `strategy` on images[idx]."""
+    preds, gflops = [], []
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(idx), batch), desc=desc, unit="batch", leave=False, disable=desc is None):
+            x = images[torch.as_tensor(idx[start:start + batch])]
+            out = strategy.forward(model, x)
+            preds.append(out.logits.argmax(1).numpy())
+            gflops.append(outcome_gflops(model, out))
+    return np.concatenate(preds), np.concatenate(gflops)
+
+
+def evaluated(cache: Cache, model, strategy, split: Split, half: str, batch: int) -> dict:
+    key = f"{half}|{strategy!r}"
+    row = cache.get(key)
+    if row is None:
+        idx = split.select if half == "select" else split.report if half == "report" else np.arange(len(split.targets))
+        preds, gflops = run_on(model, strategy, split.images, idx, batch, desc=f"{strategy.name} on {half}")
+        row = cache.put(key, preds=preds.tolist(), gflops=gflops.tolist())
+    return row
+
+
+def costed(cache: Cache, model, strategy, probe: torch.Tensor) -> float:
+    """Mean GFLOPs on the probe images: one image for fixed-count strategies (exact), all of them for
+    adaptive ones (ATS, sample mode), whose counts change per image (an estimate)."""
+    probe = probe if getattr(strategy, "adaptive", False) else probe[:1]
+    key = f"cost{len(probe)}|{strategy!r}"
+    row = cache.get(key)
+    if row is None:
+        with torch.inference_mode():
+            row = cache.put(key, gflops=float(outcome_gflops(model, strategy.forward(model, probe)).mean()))
+    return row["gflops"]
+
+
+def shortlist(costs: list[tuple[object, object, float]], target: float, n: int) -> list[object]:
+    """The candidate nearest the target in each family (within AIM, else within TOLERANCE when nothing is),
+    the n nearest families first."""
+    for aim in (AIM, TOLERANCE):
+        best: dict[object, tuple[float, object]] = {}
+        for strategy, family, g in costs:
+            off = abs(g / target - 1)
+            if off <= aim and (family not in best or off < best[family][0]):
+                best[family] = (off, strategy)
+        if best:
+            break
+    return [s for _, s in sorted(best.values(), key=lambda t: t[0])[:n]]
+
+
+def score(split: Split, idx: np.ndarray, preds: np.ndarray) -> dict:
+    return metrics.classification(split.targets[idx], preds, split.names)
+
+
+def choose(cache: Cache, model, name: str, split: Split, full_gflops: float, budgets: Sequence[float],
+           n_candidates: int, batch: int, probe: torch.Tensor) -> list[dict]:
+    """One point per budget: the best candidate on the select half, reported on the other half and on all."""
+    costs = [(s, fam, costed(cache, model, s, probe))
+             for s, fam in tqdm(list(grid(name)), desc=f"{name}: cost the grid", unit="setting", leave=False)]
+    points = []
+    for budget in budgets:
+        target = budget * full_gflops
+        tried = []
+        for s in shortlist(costs, target, n_candidates):
+            row = evaluated(cache, model, s, split, "select", batch)
+            g = float(np.mean(row["gflops"]))
+            tried.append({"strategy": s, "settings": describe(s), "gflops_select": g,
+                          "top1_select": score(split, split.select, np.array(row["preds"]))["top1"],
+                          "within": abs(g / target - 1) <= TOLERANCE})
+        if not tried:
+            points.append({"budget": budget, "settings": None, "missing": "no setting of the grid fits this budget"})
+            continue
+        fits = [t for t in tried if t["within"]] or tried
+        win = max(fits, key=lambda t: (t["top1_select"], -t["gflops_select"]))
+        sel = evaluated(cache, model, win["strategy"], split, "select", batch)
+        rep = evaluated(cache, model, win["strategy"], split, "report", batch)
+        idx = np.concatenate([split.select, split.report])
+        preds = np.concatenate([sel["preds"], rep["preds"]])
+        gflops = np.concatenate([sel["gflops"], rep["gflops"]])
+        all_ = score(split, idx, preds)
+        points.append({
+            "budget": budget, "settings": win["settings"], "top1": all_["top1"], "top1_select": win["top1_select"],
+            "top1_report": score(split, split.report, np.array(rep["preds"]))["top1"],
+            "weighted_f1": all_["weighted_f1"], "gflops": float(gflops.mean()),
+            "gflops_share": float(gflops.mean() / full_gflops), "within_tolerance": win["within"],
+            "candidates": [{k: v for k, v in t.items() if k != "strategy"} for t in tried],
+            "_strategy": win["strategy"],
+        })
+    return points
+
+
+def latencies(model, chosen: dict[str, object], images: torch.Tensor, runs_b1: int, runs_b32: int) -> dict:
+    """{key: (batch-1 ms, batch-32 ms)}: every chosen point timed in alternating rounds."""
+    x1, x32 = images[:1], images[:32]
+    print(f"latency: {len(chosen)} forwards, batch 1 x {runs_b1} rounds, batch 32 x {runs_b32} rounds", flush=True)
+    b1 = interleaved_medians({k: (lambda s=s: s.forward(model, x1)) for k, s in chosen.items()}, runs_b1)
+    b32 = interleaved_medians({k: (lambda s=s: s.forward(model, x32)) for k, s in chosen.items()}, runs_b32,
+                              warmup=1)
+    return {k: (b1[k], b32[k]) for k in chosen}
+
+
+def run(args: argparse.Namespace) -> dict:
+    t0 = time.time()
+    load_at_start = list(os.getloadavg())
+    weights = Path(args.checkpoint) if args.checkpoint else checkpoint.SHIPPED
+    model = checkpoint.load_model(weights)
+    root = data.resolve_data_root(args.data_root)
+    split = load_split(root, args.select_per_class, args.seed, args.workers, args.per_class)
+    cache = Cache(Path(str(args.json) + ".cache.jsonl"))
+    full = make("resolution", size=(RESOLUTION, RESOLUTION))
+    row = evaluated(cache, model, full, split, "all", args.batch_size)
+    full_gflops = float(np.mean(row["gflops"]))
+    all_idx = np.arange(len(split.targets))
+    full_scores = score(split, all_idx, np.array(row["preds"]))
+    probe = split.images[torch.as_tensor(split.select[:: max(1, len(split.select) // args.probe)][: args.probe])]
+    strategies = {}
+    for name in tqdm(args.strategies, desc="strategies", unit="strategy"):
+        strategies[name] = choose(cache, model, name, split, full_gflops, args.budgets, args.candidates,
+                                  args.batch_size, probe)
+        best = [f"{p['budget']:.0%}: {100 * p['top1']:.2f}%" for p in strategies[name] if p.get("settings")]
+        tqdm.write(f"{name}: {', '.join(best)}")
+    chosen = {"full": full, **{f"{n}@{p['budget']}": p["_strategy"] for n, pts in strategies.items()
+                                for p in pts if p.get("settings")}}
+    lat = latencies(model, chosen, split.images[torch.as_tensor(split.report)], args.latency_runs,
+                    args.latency_runs_b32) if args.latency_runs else {}
+    for n, pts in strategies.items():
+        for p in pts:
+            p.pop("_strategy", None)
+            b1, b32 = lat.get(f"{n}@{p['budget']}", (None, None))
+            p["latency_ms_b1"], p["latency_ms_b32"] = b1, b32
+    b1, b32 = lat.get("full", (None, None))
+    return {
+        "budgets": list(args.budgets),
+        "full": {"settings": describe(full), "top1": full_scores["top1"], "weighted_f1": full_scores["weighted_f1"],
+                 "gflops": full_gflops, "latency_ms_b1": b1, "latency_ms_b32": b32},
+        "strategies": strategies,
+        "protocol": {
+            "select": f"{len(split.select)} val images, {args.select_per_class} per class "
+                      f"(stratified, seed {args.seed})",
+            "report": f"the other {len(split.report)} val images", "all": f"{len(split.targets)} val images",
+            "tolerance": TOLERANCE, "candidates_per_budget": args.candidates, "probe_images": len(probe),
+            "gflops": f"mean per image; {CONVENTION}", "resolution": RESOLUTION,
+            "latency": f"median ms, batch 1 ({args.latency_runs} rounds) and batch 32 ({args.latency_runs_b32} "
+                       f"rounds), all points in alternating rounds, {torch.get_num_threads()} threads",
+        },
+        "checkpoint": str(weights), "command": COMMAND, "wall_time_s": round(time.time() - t0, 1),
+        "machine": machine(load_at_start),
+    }
+
+
+def update_card(weights: Path, out: dict) -> None:
+    card = checkpoint.read_card(weights)
+    keep = ("budgets", "full", "strategies", "protocol", "command")
+    slim = {k: out[k] for k in keep}
+    slim["strategies"] = {n: [{k: v for k, v in p.items() if k != "candidates"} for p in pts]
+                          for n, pts in out["strategies"].items()}
+    metrics.write_json(checkpoint.card_path(weights), {**card, "compare": slim})
+
+
+def names(text: str) -> list[str]:
+    out = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [x for x in out if x not in STRATEGIES]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown strategies {bad}; choose from {', '.join(STRATEGIES)}")
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="adavit compare", description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", required=True, help="write the results here (and cache points in <json>.cache.jsonl)")
+    p.add_argument("--html", default=None, help="write the plotly chart here")
+    p.add_argument("--markdown", default=None, help="write the README table here (default: <json> with .md)")
+    p.add_argument("--data-root", default=None,
+                   help="folder holding flowers-102/ (default: $ADAVIT_DATA or ../shared/data)")
+    p.add_argument("--per-class", type=int, default=None,
+                   help="quick check: only N val images per class (the select half takes --select-per-class of them)")
+    p.add_argument("--checkpoint", default=None, help=f"weights (default {checkpoint.SHIPPED})")
+    p.add_argument("--strategies", type=names, default=list(STRATEGIES), help="comma-separated subset")
+    p.add_argument("--budgets", type=floats, default=list(BUDGETS), help="shares of the full-token GFLOPs")
+    p.add_argument("--candidates", type=int, default=3, help="settings evaluated per strategy and budget")
+    p.add_argument("--select-per-class", type=int, default=SELECT_PER_CLASS)
+    p.add_argument("--seed", type=int, default=SEED, help="seed of the select/report split")
+    p.add_argument("--probe", type=int, default=4, help="images each adaptive grid setting is costed on")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--latency-runs", type=int, default=10, help="batch-1 rounds (0: skip latency)")
+    p.add_argument("--latency-runs-b32", type=int, default=3, help="batch-32 rounds")
+    p.add_argument("--update-card", action="store_true", help='write the results into the card\'s "compare"')
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if any(not 0 < b <= 1 for b in args.budgets):
+        print(f"error: budgets are shares of the full-token GFLOPs in (0, 1], got {args.budgets}", file=sys.stderr)
+        return 2
+    try:
+        out = run(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    table = markdown(out)
+    print(table)
+    print(f"wrote {metrics.write_json(args.json, out)}")
+    md = Path(args.markdown or Path(args.json).with_suffix(".md"))
+    md.parent.mkdir(parents=True, exist_ok=True)
+    md.write_text(table + "\n")
+    print(f"wrote {md}")
+    if args.html:
+        print(f"wrote {metrics.write_html(figure(out), args.html)}")
+    if args.update_card:
+        weights = Path(args.checkpoint) if args.checkpoint else checkpoint.SHIPPED
+        update_card(weights, out)
+        print(f"updated \"compare\" in {checkpoint.card_path(weights)}")
+    return 0

@@ -1,0 +1,93 @@
+"""What `adavit compare` writes besides JSON: the plotly chart and the README table with AdaViT's margins."""
+from __future__ import annotations
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+COLOURS = {"adavit": "crimson", "resolution": "black", "random": "gray", "evit": "darkorange", "ats": "royalblue",
+           "tome": "seagreen"}
+AXES = (("gflops", "mean GFLOPs per image"), ("latency_ms_b1", "batch-1 CPU latency (ms)"))
+
+
+def measured(points: list[dict]) -> list[dict]:
+    return [p for p in points if p.get("settings") is not None and p.get("top1") is not None]
+
+
+def figure(out: dict, title: str = "Token reduction at matched compute, Flowers-102 val") -> go.Figure:
+    """Top-1 (all val) against GFLOPs and against batch-1 latency: one line per strategy, full-token star."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=[f"top-1 vs {t}" for _, t in AXES], horizontal_spacing=0.08)
+    for col, (key, axis) in enumerate(AXES, start=1):
+        for name, pts in out["strategies"].items():
+            pts = [p for p in measured(pts) if p.get(key) is not None]
+            fig.add_trace(go.Scatter(
+                x=[p[key] for p in pts], y=[100 * p["top1"] for p in pts], mode="lines+markers", name=name,
+                line={"color": COLOURS.get(name)}, legendgroup=name, showlegend=col == 1,
+                text=[f"{name} @ {p['budget']:.0%}<br>{p['settings']}<br>top-1 {100 * p['top1']:.2f}% "
+                      f"(report half {100 * p['top1_report']:.2f}%)" for p in pts], hoverinfo="text"),
+                row=1, col=col)
+        full = out["full"]
+        if full.get(key) is not None:
+            fig.add_trace(go.Scatter(x=[full[key]], y=[100 * full["top1"]], mode="markers", name="every token",
+                                     marker={"symbol": "star", "size": 16, "color": "gold",
+                                             "line": {"color": "black", "width": 1}},
+                                     legendgroup="full", showlegend=col == 1), row=1, col=col)
+        fig.update_xaxes(title_text=axis, row=1, col=col)
+        fig.update_yaxes(title_text="top-1 (%)", row=1, col=col)
+    fig.update_layout(title=title, width=1300, height=560, hovermode="closest", template="plotly_white")
+    return fig
+
+
+def _cell(p: dict | None) -> str:
+    if not p or p.get("settings") is None:
+        return "n/a"
+    flag = "" if p.get("within_tolerance", True) else " (off budget)"
+    return f"{100 * p['top1']:.2f}% ({100 * p['top1_report']:.2f}%) @ {p['gflops']:.2f}{flag}"
+
+
+def margins(out: dict) -> list[dict]:
+    """Per budget: AdaViT's top-1 minus the best other strategy's, on all val and on the report half."""
+    rows = []
+    for i, budget in enumerate(out["budgets"]):
+        at = {n: pts[i] for n, pts in out["strategies"].items() if i < len(pts) and pts[i].get("settings")}
+        ours = at.get("adavit")
+        others = {n: p for n, p in at.items() if n != "adavit"}
+        if ours is None or not others:
+            continue
+        best = max(others, key=lambda n: others[n]["top1"])
+        best_rep = max(others, key=lambda n: others[n]["top1_report"])
+        rows.append({"budget": budget, "best_other": best, "margin": ours["top1"] - others[best]["top1"],
+                     "best_other_report": best_rep,
+                     "margin_report": ours["top1_report"] - others[best_rep]["top1_report"]})
+    return rows
+
+
+def markdown(out: dict) -> str:
+    names = list(out["strategies"])
+    lines = [
+        "| budget (share of full GFLOPs) | " + " | ".join(names) + " | AdaViT margin over the best other |",
+        "|---|" + "---|" * (len(names) + 1),
+    ]
+    by_budget = {m["budget"]: m for m in margins(out)}
+    for i, budget in enumerate(out["budgets"]):
+        cells = [_cell(out["strategies"][n][i] if i < len(out["strategies"][n]) else None) for n in names]
+        m = by_budget.get(budget)
+        margin = "n/a" if m is None else (f"{100 * m['margin']:+.2f} pts vs {m['best_other']} "
+                                          f"(report half: {100 * m['margin_report']:+.2f} vs {m['best_other_report']})")
+        lines.append(f"| {budget:.0%} ({budget * out['full']['gflops']:.2f}) | " + " | ".join(cells) + f" | {margin} |")
+    f = out["full"]
+    lines += [
+        "",
+        f"Every token: {100 * f['top1']:.2f}% top-1 at {f['gflops']:.2f} GFLOPs. Cells: top-1 on all val "
+        f"(on the report half) @ mean GFLOPs. Settings chosen on the select half: {out['protocol']['select']}; "
+        f"the report half is {out['protocol']['report']}. GFLOPs: {out['protocol']['gflops']}.",
+        f"Command: `{out['command']}`",
+    ]
+    lat = [(n, p) for n in names for p in measured(out["strategies"][n]) if p.get("latency_ms_b1") is not None]
+    if lat:
+        lines += ["", "| strategy | budget | settings | batch-1 ms | batch-32 ms |", "|---|---|---|---|---|"]
+        if f.get("latency_ms_b1") is not None:
+            lines.append(f"| every token | 100% | 224 px | {f['latency_ms_b1']:.1f} | {f['latency_ms_b32']:.0f} |")
+        for n, p in lat:
+            lines.append(f"| {n} | {p['budget']:.0%} | `{p['settings']}` | {p['latency_ms_b1']:.1f} | "
+                         f"{p['latency_ms_b32']:.0f} |")
+    return "\n".join(lines)

