@@ -221,5 +221,5 @@ def test_timm_vit_runs_with_ats_and_equals_timm_at_full_tokens():
     out = ex.run(m.name, FLOWER, make_settings(0.5, 0.5, 0.5, "top-k", 252), Layers())
     assert out.result.tokens_per_stage == (257, 129, 65)  # 252 px -> 256 px = 16x16 patches of 16 px
     assert out.result.trace.size == (256, 256) and len(out.views) == 3
-    assert ex.accuracy(m.name, Settings()).text.startswith("Flowers-102 accuracy does not apply")
+    assert ex.accuracy(m.name, Settings()).text.startswith("no accuracy: this model has no checkpoint card")
     assert ex.runner(None).app_model.name == "tiny test model"  # the default model stays

@@ -136,7 +136,8 @@ def test_tiny_keep_leaves_one_token_and_cls(model, images):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"keep1": 0.0}, "keep"), ({"keep2": 1.5}, "keep"), ({"keep1": float("nan")}, "keep"),
-    ({"mode": "random"}, "mode"), ({"fine_ratio": -0.1}, "fine_ratio"), ({"resolution": 230}, "28"),
+    ({"mode": "random"}, "mode"), ({"fine_ratio": -0.1}, "fine_ratio"), ({"resolution": 2000}, "1008"),
+    ({"resolution": 224.0}, "whole number"),
 ])
 def test_bad_settings_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -144,8 +145,10 @@ def test_bad_settings_raise(kwargs, message):
 
 
 def test_bad_image_shape_raises(model):
-    with pytest.raises(ValueError, match="28"):
+    with pytest.raises(ValueError, match="multiple of 28 px"):
         model(torch.zeros(1, 3, 224, 250))
+    with pytest.raises(ValueError, match="multiple of 28 px"):  # the side legal for the backbone's patch
+        model(torch.zeros(1, 3, 230, 230), Settings(resolution=230))
     with pytest.raises(ValueError, match="shape"):
         model(torch.zeros(3, 224, 224))
 

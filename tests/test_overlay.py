@@ -124,7 +124,8 @@ def test_legend_names_every_colour():
     html = legend_html()
     for rgb in (FINE, COARSE, DROPPED["ats1"], DROPPED["ats2"]):
         assert f"rgb{rgb}" in html
-    assert "fused" in html
+    assert "fused" in html and "coarse 28 px token" in html
+    assert "fine 16 px token" in legend_html(16) and "coarse 32 px token" in legend_html(16)
 
 
 def test_view_files_keep_only_the_newest(tmp_path):

@@ -115,6 +115,7 @@ def test_train_export_evaluate_and_serve_an_image_folder(folder, tmp_path):
 
     from adavit.app import ui
     from adavit.app.models import load_default
+    from adavit.core.config import Settings
     from adavit.measure.evaluate import main as evaluate
 
     out, export = tmp_path / "run", tmp_path / "mine.safetensors"
@@ -126,13 +127,16 @@ def test_train_export_evaluate_and_serve_an_image_folder(folder, tmp_path):
     assert card["dataset"]["split"]["seed"] == 0 and card["dataset"]["num_classes"] == 5
 
     res = tmp_path / "eval.json"
-    assert evaluate(["--checkpoint", str(export), "--data", spec, "--json", str(res), "--latency-images", "0"]) == 0
+    # no --data: the card's folder, re-split with the card's seed, so val is the training run's val
+    assert evaluate(["--checkpoint", str(export), "--json", str(res), "--latency-images", "0"]) == 0
     ev = json.loads(res.read_text())
     assert ev["n_images"] == 5 and {c["name"] for c in ev["per_class"]} == set(CLASSES)
 
     app_model = load_default(export, None)
     assert app_model.class_names == CLASSES and app_model.name == "AdaViT-S/14 my_flowers"
     demo = ui.build_app(app_model, None, cache_examples=False)
+    acc = demo.adavit_explorer.accuracy(None, Settings(fine_ratio=0.3))  # live on the folder's own val split
+    assert acc.source == "live" and acc.n_images == 5 and "my_flowers val images" in acc.text
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
     try:
         r = Client(url, verbose=False).predict(handle_file(str(folder / "train" / "alpha" / "0.jpg")), 0.3, 0.5,
@@ -174,3 +178,54 @@ def test_torchrun_two_ranks_stay_identical_and_match_one_process(folder, tmp_pat
     assert a.keys() == b.keys()
     gap = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert gap < 1e-4, gap
+
+
+@pytest.mark.parametrize("backbone", ["deit_small_patch16_224", "vit_small_patch14_reg4_dinov2"])
+def test_a_timm_backbone_trains_a_step_exports_and_serves(folder, tmp_path, backbone):
+    """`--backbone NAME --init random`: the patch and the prefix tokens come from the backbone."""
+    from adavit.app.analysis import Analyzer
+    from adavit.app.models import load_default
+    from adavit.core.config import Settings
+
+    export = tmp_path / "b.safetensors"
+    assert train(["--data", f"imagefolder:{folder}", "--out", str(tmp_path / "run"), "--epochs", "1",
+                  "--limit", "5", "--batch-size", "5", "--no-val", "--export", str(export),
+                  *TINY[:1], backbone, *TINY[2:]]) == 0
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["optimizer_steps"] == 1  # one step on 5 images
+    app_model = load_default(export, None)
+    model = app_model.model
+    assert model.config.model_name == backbone and app_model.class_names == CLASSES
+    assert app_model.name == f"AdaViT-S/{model.patch} my_flowers"
+    r = Analyzer(model, app_model.class_names).analyze(folder / "train" / "alpha" / "0.jpg", Settings())
+    assert r.top5[0][0] in CLASSES
+    assert r.tokens_full == (224 // model.patch) ** 2 + model.num_prefix
+    assert r.tokens_per_stage[0] == model.num_prefix + len(r.trace.stage("patching").boxes)
+
+
+def test_compare_and_sweep_run_on_a_patch16_checkpoint_of_an_image_folder(folder, tmp_path):
+    """No --data: both read the folder the card names; the grids follow the 16 px patch."""
+    from adavit.measure.compare import main as compare
+    from adavit.measure.sweep import main as sweep
+
+    root = tmp_path / "with_val"  # a val/ folder of 4 per class: 2 to choose settings on, 2 to report
+    shutil.copytree(folder / "train", root / "train")
+    shutil.copytree(folder / "train", root / "val")
+    export = tmp_path / "deit.safetensors"
+    assert train(["--data", f"imagefolder:{root}", "--out", str(tmp_path / "run"), "--epochs", "1", "--limit", "5",
+                  "--batch-size", "5", "--no-val", "--export", str(export),
+                  *TINY[:1], "deit_small_patch16_224", *TINY[2:]]) == 0
+    out = tmp_path / "cmp.json"
+    assert compare(["--checkpoint", str(export), "--json", str(out), "--strategies", "resolution,adavit",
+                    "--select-per-class", "2", "--latency-runs", "0", "--probe", "1", "--threads", "2"]) == 0
+    res = json.loads(out.read_text())
+    sizes = [p["settings"]["size"] for p in res["strategies"]["resolution"] if p.get("settings")]
+    assert sizes and all(s % 16 == 0 for size in sizes for s in size)
+    assert res["full"]["gflops"] == pytest.approx(2 * 4.6, rel=0.05)  # DeiT-S at 224: 196 patches + CLS
+    assert res["protocol"]["all"] == "20 val images" and res["protocol"]["select"].startswith("10 val images")
+    assert sweep(["--checkpoint", str(export), "--json", str(tmp_path / "sweep.json"), "--fine-ratios", "0.5",
+                  "--keeps1", "0.5", "--keeps2", "0.5", "--resolutions", "128", "--latency-runs", "0",
+                  "--update-card"]) == 0
+    card = json.loads(export.with_suffix(".json").read_text())
+    assert {p.get("side") for p in card["sweep_resolution"]} == {128}
+    assert max(p["n_images"] for p in card["sweep"]) == 20

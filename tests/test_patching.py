@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from adavit.core import patching
-from adavit.core.config import Settings
+from adavit.core.config import check_side
 
 
 def _coverage(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -61,7 +61,7 @@ def test_all_fine_is_the_plain_vit_embedding(model, make_images):
     x = make_images(2, 224, 336)
     with torch.inference_mode():
         tokens, layout = model.tokenize(x, 1.0)
-        pos = patching.position_grid(model.vit.pos_embed, (16, 24))
+        pos = patching.position_grid(model.vit, (16, 24))
         want = model.vit.patch_embed.proj(x).flatten(2).transpose(1, 2) + pos
     assert torch.equal(tokens.x[:, 1:], want)
     assert torch.equal(layout.boxes[0, :3, :2], torch.tensor([[0.0, 0.0], [14.0, 0.0], [28.0, 0.0]]))
@@ -69,10 +69,10 @@ def test_all_fine_is_the_plain_vit_embedding(model, make_images):
 
 @pytest.mark.parametrize("side", [230, 14, 250])
 def test_side_not_a_multiple_of_28_raises(model, side):
-    with pytest.raises(ValueError, match="28"):
+    with pytest.raises(ValueError, match="multiple of 28 px"):
         model.tokenize(torch.zeros(1, 3, side, 224), 0.5)
-    with pytest.raises(ValueError, match="28"):
-        Settings(resolution=side)
+    with pytest.raises(ValueError, match="multiple of 28 px"):
+        check_side(side, "resolution")  # what the app checks its slider against (the model's patch)
 
 
 def test_position_cache_follows_the_parameter(model):
@@ -81,7 +81,7 @@ def test_position_cache_follows_the_parameter(model):
         first, _ = patching._positions(vit, (8, 8))
         again, _ = patching._positions(vit, (8, 8))
     assert again is first  # cached
-    assert torch.equal(first, patching.position_grid(vit.pos_embed, (8, 8)))
+    assert torch.equal(first, patching.position_grid(vit, (8, 8)))
     saved = vit.pos_embed.detach().clone()
     try:
         with torch.no_grad():

@@ -166,7 +166,7 @@ def test_ats_strategy_uses_the_paper_sampler(peaked_model, images):
 
 # ---------------------------------------------------------------- bad settings
 @pytest.mark.parametrize("name, settings, message", [
-    ("resolution", {"size": (100, 100)}, "multiple of 14"),
+    ("resolution", {"size": (2000, 100)}, "between 1 and 1008"),
     ("tome", {"r": -1}, "non-negative"),
     ("nope", {}, "unknown strategy"),
 ])
@@ -178,3 +178,8 @@ def test_bad_settings_say_what_to_do(name, settings, message):
 def test_bad_split_says_what_to_do(model, images):
     with pytest.raises(ValueError, match="add up to"):
         make("evit", split=(4, 4, 5)).forward(model, images[:1])
+
+
+def test_resolution_side_must_be_whole_patches_of_the_model(model, images):
+    with pytest.raises(ValueError, match="multiple of 14 px"):
+        make("resolution", size=(100, 100)).forward(model, images)

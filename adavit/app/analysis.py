@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..core.config import Settings
+from ..core.config import PATCH, Settings, check_side
 from ..core.model import AdaViT
 from ..core.trace import Trace
 from ..data import Prepared, prepare
@@ -31,7 +31,6 @@ from . import overlay
 from .cost import Costs
 
 MODE_CHOICES = ("top-k", "sample", "top-k + fuse", "sample + fuse")
-RESOLUTIONS = tuple(range(224, 449, 28))
 STAGE1_RUNS = 2  # patching + stage 1 timed twice per (image, fine ratio); the faster run is shown
 
 
@@ -45,9 +44,19 @@ def parse_mode(mode: str) -> tuple[str, bool]:
     return base, fuse
 
 
-def make_settings(fine_ratio: float, keep1: float, keep2: float, mode: str, resolution: int = 224) -> Settings:
+def resolutions(patch: int = PATCH) -> tuple[int, ...]:
+    """The resolution slider's stops: whole 2x2-patch regions from 224 to 448 px (or the nearest above 224)."""
+    region = 2 * patch
+    return tuple(range(-(-224 // region) * region, 449, region))
+
+
+def make_settings(fine_ratio: float, keep1: float, keep2: float, mode: str, resolution: int = 224,
+                  patch: int = PATCH) -> Settings:
+    """Settings from the UI's values, the side checked against the model's patch (regions of 2x2)."""
     base, fuse = parse_mode(mode)
-    return Settings(float(fine_ratio), float(keep1), float(keep2), base, fuse, int(resolution))
+    settings = Settings(float(fine_ratio), float(keep1), float(keep2), base, fuse, int(resolution))
+    check_side(settings.resolution, "resolution", patch)
+    return settings
 
 
 def mode_label(settings: Settings) -> str:
@@ -79,6 +88,7 @@ class Analysis:
     notes: tuple[str, ...] = ()
     cached: bool = False  # True when the model did not run for this call
     ood: OODScore | None = None  # distance to the training classes; None when the model has no statistics
+    tokens_full: int = 0  # tokens of the plain ViT on the same input, prefix included
 
     @property
     def tokens_per_stage(self) -> tuple[int, ...]:
@@ -139,6 +149,7 @@ class Analyzer:
         if len(class_names) != model.config.num_classes:
             raise ValueError(f"{len(class_names)} class names for a {model.config.num_classes}-class model")
         self.model = model.eval()
+        self.patch = int(getattr(model, "patch", PATCH))
         self.class_names = tuple(class_names)
         self.costs = Costs(model)
         self.max_images = max_images
@@ -210,6 +221,7 @@ class Analyzer:
         result = Analysis(
             settings, trace, probs, [(self.class_names[i], float(probs[i])) for i in order],
             gflops, full_gflops, s1_ms, rest_ms, full_ms, entry.loaded.notes, ood=ood,
+            tokens_full=(h // self.patch) * (w // self.patch) + getattr(self.model, "num_prefix", 1),
         )
         with self._lock:
             _lru_put(entry.results, settings, result, 64)

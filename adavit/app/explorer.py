@@ -15,6 +15,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 from ..core.config import Settings
+from ..data import FLOWERS_SPEC, FOLDER_SPEC, card_data
 from . import overlay, pareto
 from .analysis import Analysis, Analyzer
 from .live_accuracy import Accuracy, LiveAccuracy, SweepLookup
@@ -27,7 +28,7 @@ MAX_EXTRA_MODELS = 2  # extra timm models kept in memory besides the default one
 class Runner:
     app_model: AppModel
     analyzer: Analyzer
-    live: LiveAccuracy | None  # Flowers-102 subset, when data exists and the model is a Flowers-102 one
+    live: LiveAccuracy | None  # a subset of the checkpoint's own val data, when that data is here
     sweep: SweepLookup
 
     def accuracy(self, settings: Settings) -> Accuracy:
@@ -35,10 +36,11 @@ class Runner:
             return self.live(settings)
         if self.sweep:
             return self.sweep(settings)
-        if self.app_model.model.config.num_classes != 102:
-            return Accuracy(None, "none", "Flowers-102 accuracy does not apply: this model predicts other classes")
+        if not self.app_model.card:
+            return Accuracy(None, "none", "no accuracy: this model has no checkpoint card naming its val data")
+        name = (self.app_model.card.get("dataset") or {}).get("name", "Flowers-102")
         return Accuracy(None, "none",
-                        "no accuracy: no Flowers-102 data on this server and no sweep in the checkpoint card")
+                        f"no accuracy: no {name} val data on this server and no sweep in the checkpoint card")
 
 
 @dataclass(frozen=True)
@@ -61,13 +63,21 @@ class Explorer:
         folder = Path(view_dir) if view_dir else Path(tempfile.gettempdir()) / "adavit_views"
         self.views = overlay.ViewFiles(folder)
 
+    def _live(self, app_model: AppModel) -> LiveAccuracy | None:
+        """Live accuracy on the checkpoint's own val data (its card's dataset) when that data is here."""
+        spec, seed = card_data(app_model.card)
+        name = (app_model.card.get("dataset") or {}).get("name", "Flowers-102")
+        if spec == FLOWERS_SPEC:
+            here = self.data_root is not None and app_model.model.config.num_classes == 102
+        else:
+            here = spec.startswith(FOLDER_SPEC) and Path(spec[len(FOLDER_SPEC):]).is_dir()
+        if not here:
+            return None
+        return LiveAccuracy(app_model.model, self.data_root, self.live_per_class, spec=spec, seed=seed, dataset=name)
+
     def _add(self, app_model: AppModel) -> Runner:
-        flowers = app_model.model.config.num_classes == 102
-        live = None
-        if flowers and self.data_root:
-            live = LiveAccuracy(app_model.model, self.data_root, self.live_per_class)
-        runner = Runner(app_model, Analyzer(app_model.model, app_model.class_names, ood=app_model.ood), live,
-                        SweepLookup(app_model.sweep if flowers else []))
+        runner = Runner(app_model, Analyzer(app_model.model, app_model.class_names, ood=app_model.ood),
+                        self._live(app_model), SweepLookup(app_model.sweep))
         with self._lock:
             self._runners[app_model.name] = runner
             extra = [n for n in self._runners if n != self.default]

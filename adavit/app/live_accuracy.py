@@ -1,4 +1,7 @@
-"""Flowers-102 val accuracy at the app's current setting: live on a stratified subset, else the sweep.
+"""Val accuracy at the app's current setting: live on a stratified subset, else the card's sweep.
+
+The val data is the checkpoint's own (its card's dataset: Flowers-102, or the image folder it was
+trained on, re-split with the recorded seed), so a checkpoint of your own data gets live numbers too.
 
 Live: a fixed stratified subset (1 image per class = 102 images by default) is decoded once per
 resolution and its patching + stage-1 output cached once per (resolution, fine ratio) with
@@ -23,7 +26,7 @@ import torch
 
 from ..core.config import Settings
 from ..core.model import AdaViT, Prediction
-from ..data import eval_dataset
+from ..data import FLOWERS_SPEC, eval_dataset
 from ..measure.cache import Stage2, run_from_stage1, run_from_stage2, stage1_cache, stage2_cache
 from .cost import Costs
 
@@ -65,8 +68,10 @@ def describe_setting(s: dict) -> str:
 class LiveAccuracy:
     """Top-1 on a stratified val subset, recomputed from a stage-1 cache; thread-safe."""
 
-    def __init__(self, model: AdaViT, root: str | Path, per_class: int = PER_CLASS, chunk: int = CHUNK):
-        self.model, self.root, self.per_class, self.chunk = model, Path(root), per_class, chunk
+    def __init__(self, model: AdaViT, root: str | Path | None, per_class: int = PER_CLASS, chunk: int = CHUNK, *,
+                 spec: str = FLOWERS_SPEC, seed: int = 0, dataset: str = "Flowers-102"):
+        self.model, self.root, self.per_class, self.chunk = model, Path(root) if root else None, per_class, chunk
+        self.spec, self.seed, self.dataset = spec, seed, dataset
         self.costs = Costs(model)
         self._lock = threading.Lock()
         self._images: OrderedDict[int, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
@@ -82,7 +87,8 @@ class LiveAccuracy:
 
     def _subset(self, res: int) -> tuple[torch.Tensor, torch.Tensor]:
         if res not in self._images:
-            ds, _ = eval_dataset(str(self.root), "val", res, per_class=self.per_class)
+            ds, _ = eval_dataset(str(self.root) if self.root else None, "val", res, per_class=self.per_class,
+                                 spec=self.spec, seed=self.seed)
             items = [ds[i] for i in range(len(ds))]
             self._images.clear()  # one resolution at a time: 102 images at 448 px are 250 MB
             self._images[res] = (torch.stack([x for x, _ in items]), torch.tensor([int(t) for _, t in items]))
@@ -128,7 +134,7 @@ class LiveAccuracy:
             seconds = time.perf_counter() - t
             top1 = correct / n
             per = f"{self.per_class} image{'s' if self.per_class > 1 else ''} per class"
-            text = (f"{100 * top1:.1f}% top-1 (±{100 * _ci95(top1, n):.1f}) on {n} Flowers-102 val images "
+            text = (f"{100 * top1:.1f}% top-1 (±{100 * _ci95(top1, n):.1f}) on {n} {self.dataset} val images "
                     f"({per}, stratified subset), computed live in {seconds:.2f} s")
             acc = Accuracy(top1, "live", text, n, float(np.concatenate(gflops).mean()), None, seconds,
                            settings.to_dict())
@@ -153,7 +159,8 @@ class SweepLookup:
 
     def __call__(self, settings: Settings) -> Accuracy:
         if not self.points:
-            return Accuracy(None, "none", "no accuracy available: no Flowers-102 data here and no sweep in the card")
+            return Accuracy(None, "none",
+                            "no accuracy available: the checkpoint's val data is not here and its card has no sweep")
         p = min(self.points, key=lambda q: self.distance(q, settings))
         exact = self.distance(p, settings) < 1e-9
         n = p.get("n_images")

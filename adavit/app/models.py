@@ -53,6 +53,12 @@ def _names(model: AdaViT, card: dict, data_root: Path | None) -> tuple[str, ...]
     return tuple(f"class {i + 1}" for i in range(model.config.num_classes))
 
 
+def short_name(model: AdaViT) -> str:
+    """AdaViT-S/14, AdaViT-B/16, ...: timm's size letter from the width, then the patch."""
+    size = {192: "Ti", 384: "S", 768: "B", 1024: "L"}.get(int(model.vit.embed_dim), f"{model.vit.embed_dim}d")
+    return f"AdaViT-{size}/{model.patch}"
+
+
 def load_default(weights: str | Path | None = None, data_root: Path | None = None) -> AppModel:
     """Shipped checkpoint -> pretrained backbone + random head -> random weights (first that works)."""
     path = Path(weights) if weights else checkpoint.SHIPPED
@@ -68,7 +74,7 @@ def load_default(weights: str | Path | None = None, data_root: Path | None = Non
         score = f", val top-1 {100 * top1:.1f}%" if isinstance(top1, (int, float)) else ""
         dataset = (card.get("dataset") or {}).get("name", "Flowers-102")
         return AppModel(model, _names(model, card, data_root), f"trained checkpoint {path.name}{score}", True, card,
-                        f"AdaViT-S/14 {dataset}", for_checkpoint(path, card))
+                        f"{short_name(model)} {dataset}", for_checkpoint(path, card))
     try:
         model = checkpoint.from_backbone()
         why = (f"no checkpoint at {path.relative_to(checkpoint.REPO) if path.is_relative_to(checkpoint.REPO) else path}"

@@ -210,7 +210,7 @@ def _swatch(rgb: tuple[int, int, int], border: str = "#444", width: int = 1, rad
             f'background:rgb{rgb};border:{width}px solid {border};border-radius:{radius};margin-right:4px"></span>')
 
 
-def legend_html() -> str:
+def legend_html(patch: int = PATCH) -> str:
     """The colours used by `render`, as a compact HTML legend (kept here so both stay in sync)."""
     lo, hi = (cv2.applyColorMap(np.array([[v]], np.uint8), HEAT_MAP)[0, 0, ::-1] for v in (0, 255))
     heat = (f'<span style="display:inline-block;width:60px;height:12px;vertical-align:-1px;'
@@ -219,9 +219,9 @@ def legend_html() -> str:
             f'rgb{tuple(int(c) for c in hi)});margin-right:4px"></span>')
     items = [
         f'<span style="display:inline-block;width:14px;height:14px;vertical-align:-2px;border:1px solid rgb{FINE};'
-        f'outline:1px solid #333;margin-right:4px"></span>fine 14 px token',
+        f'outline:1px solid #333;margin-right:4px"></span>fine {patch} px token',
         f'<span style="display:inline-block;width:14px;height:14px;vertical-align:-2px;border:3px solid rgb{COARSE};'
-        f'margin-right:4px"></span>coarse 28 px token',
+        f'margin-right:4px"></span>coarse {2 * patch} px token',
         f"{heat}score: low &rarr; high (gate detail / ATS significance per area)",
         f"{_swatch(DROPPED['ats1'])}dropped by ATS1",
         f"{_swatch(DROPPED['ats2'])}dropped by ATS2",

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import html
 
-from ..core.config import PATCH
 from .analysis import Analysis
 from .cost import flop_convention
 
 
-def full_tokens(resolution: int) -> int:
-    """Tokens of the plain ViT at this side, CLS included (257 at 224)."""
-    return (resolution // PATCH) ** 2 + 1
+def full_tokens(resolution: int, patch: int = 14, prefix: int = 1) -> int:
+    """Tokens of the plain ViT at this side, prefix included (257 at 224 for ViT-S/14)."""
+    return (resolution // patch) ** 2 + prefix
 
 
 def top5(result: Analysis) -> dict[str, float]:
@@ -49,7 +48,7 @@ def _ratio(ours: float, full: float) -> str:
 def stats_html(result: Analysis, server_ms: float, render_ms: float) -> str:
     """A compact table: tokens per stage, GFLOPs and latency against full-token, and server time."""
     s = result.settings
-    full = full_tokens(s.resolution)
+    full = result.tokens_full
     tokens = " → ".join(str(t) for t in result.tokens_per_stage)
     rows = [
         ("tokens per stage (CLS incl.)", f"<b>{tokens}</b>", f"full-token: {full} → {full} → {full}"),

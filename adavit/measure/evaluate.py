@@ -131,6 +131,15 @@ def class_names_of(model: AdaViT, root: str | Path | None = None) -> tuple[str, 
     return tuple(names) if names else tuple(f"class {i + 1}" for i in range(model.config.num_classes))
 
 
+def check_classes(model: AdaViT, ds: Dataset) -> None:
+    """A checkpoint evaluated on data with other classes gives a number that means nothing: refuse."""
+    base = ds.dataset if isinstance(ds, torch.utils.data.Subset) else ds
+    targets = getattr(base, "targets", None) or list(getattr(base, "_labels", []))
+    if targets and max(targets) >= model.config.num_classes:
+        raise ValueError(f"the data has labels up to {max(targets)}, the checkpoint only {model.config.num_classes} "
+                         "classes; pass the --data it was trained on")
+
+
 def loader_for(dataset: Dataset, batch_size: int, workers: int = 0) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
 
@@ -191,8 +200,9 @@ def settings_from(card: dict, **overrides) -> Settings:
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help=f"weights (default {checkpoint.SHIPPED})")
-    p.add_argument("--data", default="flowers102",
-                   help="flowers102 (default) or imagefolder:DIR (the folder the checkpoint was trained on)")
+    p.add_argument("--data", default=None,
+                   help="flowers102 or imagefolder:DIR (default: the data the checkpoint card names, else "
+                        "flowers102; an image folder without val/ is re-split with the card's seed)")
     p.add_argument("--data-root", default=None,
                    help="folder holding flowers-102/ (default: $ADAVIT_DATA or ../shared/data)")
     p.add_argument("--download", action="store_true",
@@ -296,8 +306,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             settings = settings_of(args.onnx)  # the file fixes its setting
         ds, root = data.eval_dataset(args.data_root, args.split, settings.resolution, args.per_class, args.limit,
-                                     args.download, args.data)
+                                     args.download, *data.card_data(card, args.data))
         model = checkpoint.load_model(weights)
+        check_classes(model, ds)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

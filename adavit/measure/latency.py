@@ -23,7 +23,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ..core.config import REGION, Settings
+from ..core.config import PATCH, Settings
 from ..core.sampler import ceil_tokens
 
 SLOW_ROWS = range(9, 57)  # where row-major F.linear is slow on the machines we measured
@@ -49,10 +49,10 @@ def _linears(blocks: Iterable[nn.Module]) -> list[nn.Linear]:
     return [m for blk in blocks for m in blk.modules() if isinstance(m, nn.Linear)]
 
 
-def batch1_tokens(settings: Settings) -> tuple[int, ...]:
-    """Tokens (CLS included) each AdaViT stage runs on for one square image in topk mode
+def batch1_tokens(settings: Settings, patch: int = PATCH, prefix: int = 1) -> tuple[int, ...]:
+    """Tokens (prefix included) each AdaViT stage runs on for one square image in topk mode
     (an upper bound in sample mode, where the samplers may keep fewer)."""
-    regions = (settings.resolution // REGION) ** 2
+    regions = (settings.resolution // (2 * patch)) ** 2
     n_fine = round(settings.fine_ratio * regions)  # as patching.split_mask rounds
     n = 4 * n_fine + regions - n_fine
     counts = [n]
@@ -60,7 +60,7 @@ def batch1_tokens(settings: Settings) -> tuple[int, ...]:
         kept = ceil_tokens(n, keep)
         n = kept + int(settings.fuse and kept < n)
         counts.append(n)
-    return tuple(c + 1 for c in counts)
+    return tuple(c + prefix for c in counts)
 
 
 def _stages_of(model) -> list[list[nn.Module]]:
@@ -85,7 +85,8 @@ def optimize_for_cpu(model, settings: Settings = Settings(), stages: Iterable[in
     if stages is None:
         if not hasattr(model, "config"):
             raise ValueError("pass stages=... for a model that is not an AdaViT (its token counts are not known)")
-        stages = [s for s, n in enumerate(batch1_tokens(settings)) if n in SLOW_ROWS]
+        tokens = batch1_tokens(settings, getattr(model, "patch", PATCH), getattr(model, "num_prefix", 1))
+        stages = [s for s, n in enumerate(tokens) if n in SLOW_ROWS]
     stages = tuple(sorted(set(int(s) for s in stages)))
     for s in stages:
         if not 0 <= s < len(all_stages):

@@ -13,7 +13,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..core.config import PATCH, Settings
+from ..core.config import Settings
 from ..core.model import AdaViT
 from ..core.sampler import FUSED
 from ..export.graph import export_onnx, read_metadata
@@ -24,12 +24,12 @@ from .evaluate import LATENCY_WARMUP, Collector, EvalResult
 
 
 def image_gflops(arch: flops.Arch, pred: OrtPrediction, size: tuple[int, int]) -> np.ndarray:
-    """(B,) GFLOPs per image from the graph's outputs (fine tokens are PATCH px wide, coarse 2 x PATCH)."""
+    """(B,) GFLOPs per image from the graph's outputs (fine tokens are one patch wide, coarse two)."""
     width = (pred.boxes[..., 2] - pred.boxes[..., 0]).numpy()
     fused = [(k == FUSED).any(1).numpy() for k in pred.kept]
     return np.array([
-        flops.adavit_flops(arch, size, pred.tokens_per_stage[b].tolist(), fine=bool((width[b] == PATCH).any()),
-                           coarse=bool((width[b] == 2 * PATCH).any()), fused=[bool(f[b]) for f in fused]) / 1e9
+        flops.adavit_flops(arch, size, pred.tokens_per_stage[b].tolist(), fine=bool((width[b] == arch.patch).any()),
+                           coarse=bool((width[b] == 2 * arch.patch).any()), fused=[bool(f[b]) for f in fused]) / 1e9
         for b in range(len(width))
     ])
 

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from ..core.config import MODES, Settings
 from ..core.model import AdaViT
 from ..core.strategies import Resolution
-from ..data import eval_dataset
+from ..data import card_data, eval_dataset
 from ..weights import checkpoint
 from . import metrics
 from .cache import run_from_stage1, stage1_cache
@@ -35,6 +35,7 @@ from .evaluate import (
     EvalResult,
     add_model_args,
     batch1_latency,
+    check_classes,
     checkpoint_card,
     class_names_of,
     device_of,
@@ -233,8 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         points = grid(args.fine_ratios, args.keeps1, args.keeps2, modes, args.fuse, resolution)
         points = list(dict.fromkeys(points + extra_points(args.point, modes, args.fuse, resolution)))
         ds, root = eval_dataset(args.data_root, "val", resolution, args.per_class, args.limit, args.download,
-                                args.data)
+                                *card_data(card, args.data))
         model = checkpoint.load_model(weights)
+        check_classes(model, ds)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

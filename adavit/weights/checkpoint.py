@@ -87,6 +87,8 @@ def from_timm(config: AdaViTConfig, init: str | Path | None = None) -> AdaViT:
     import timm
     from timm.layers import resample_abs_pos_embed
 
+    from ..core.patching import prefix_positions
+
     if init is None:
         try:
             state = timm.create_model(config.model_name, pretrained=True, num_classes=0).state_dict()
@@ -97,13 +99,13 @@ def from_timm(config: AdaViTConfig, init: str | Path | None = None) -> AdaViT:
         state = None
     else:
         state = load_file(str(init))
-    model = AdaViT.create(config)  # refuses what the core can't run (no CLS, extra prefix tokens, patch size)
+    model = AdaViT.create(config)  # refuses what the core can't run, naming the reason
     if state is not None:
-        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        state = {k: v for k, v in state.items() if not k.startswith(("head.", "head_dist."))}
         pos = model.vit.pos_embed
         if "pos_embed" in state and state["pos_embed"].shape != pos.shape:
-            side = int((pos.shape[1] - 1) ** 0.5)
-            state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], [side, side], num_prefix_tokens=1)
+            state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], list(model.vit.patch_embed.grid_size),
+                                                        num_prefix_tokens=prefix_positions(model.vit))
         missing, unexpected = model.vit.load_state_dict(state, strict=False)
         if unexpected or set(missing) - {"head.weight", "head.bias"}:
             raise ValueError(f"{init} does not fit {config.model_name}: missing {missing}, unexpected {unexpected}")

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..config import PATCH, Sampling
-from ..patching import Layout
+from ..config import Sampling
+from ..patching import Layout, patch_size
 from ..sampler import Selection
 from ..stages import run_stages, split_blocks
 
@@ -50,10 +50,10 @@ def per_block(counts: list[torch.Tensor], sizes: tuple[int, ...]) -> torch.Tenso
     return torch.stack([c for c, n in zip(counts, sizes, strict=True) for _ in range(n)], 1)
 
 
-def embedded(layout: Layout) -> torch.Tensor:
+def embedded(layout: Layout, patch: int) -> torch.Tensor:
     """How many patch-embedding applications the AdaViT tokenizer ran per image (fine grid, coarse grid)."""
     h, w = layout.size
-    grid = (h // PATCH) * (w // PATCH)
+    grid = (h // patch) * (w // patch)
     fine = (layout.scales == 1).any(1).long() * grid
     coarse = (layout.scales == 2).any(1).long() * (grid // 4)
     return fine + coarse
@@ -66,7 +66,7 @@ def check_split(model, split: tuple[int, ...], n_keep: int) -> None:
 
 def prune(model, images: torch.Tensor, split: tuple[int, ...], keep: tuple[float, ...], reducer,
           *, fine_ratio: float = 1.0, value_norm: bool = True) -> Outcome:
-    """Tokenize (every 14 px patch by default), then the blocks in `split` stages with `reducer` between."""
+    """Tokenize (every patch by default), then the blocks in `split` stages with `reducer` between."""
     check_split(model, split, len(keep))
     tokens, layout = model.tokenize(images, fine_ratio)
     out = run_stages(split_blocks(model.vit.blocks, split), tokens, Sampling(keep), reducer=reducer,
@@ -80,7 +80,7 @@ def from_stages(model, out, layout: Layout, split: tuple[int, ...]) -> Outcome:
         logits=model.classify(out.tokens),
         tokens_per_block=per_block(out.counts, split),
         layout=layout,
-        embedded=embedded(layout),
+        embedded=embedded(layout, patch_size(model.vit)),
         selections=sels,
         scored=torch.stack(out.counts[:-1], 1) if sels else None,
         fused=torch.stack([s.fused.any(1) for s in sels], 1) if sels else None,

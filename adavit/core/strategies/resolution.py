@@ -1,4 +1,4 @@
-"""The resolution baseline: every token of the image resized to a smaller side (any multiple of 14 px).
+"""The resolution baseline: every token of the image resized to a smaller side (any multiple of the patch).
 
 The same weights, the position grid resampled to the new patch grid exactly as AdaViT resamples it
 (`patching.position_grid`), and timm's blocks on every token. The input is the 224 px eval crop
@@ -12,25 +12,28 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..config import MAX_SIDE, PATCH, Sampling
-from ..patching import Layout, position_grid
+from ..config import MAX_SIDE, Sampling
+from ..patching import Layout, patch_size, position_grid, prefix_tokens
 from ..sampler import Tokens
 from ..stages import run_stages
 from .base import Outcome, from_stages
 
 
 def every_token(vit, images: torch.Tensor) -> tuple[Tokens, Layout]:
-    """All 14 px patches of `images` (sides multiples of 14), CLS first, with resampled positions."""
+    """All patches of `images` (sides multiples of the patch), prefix first, with resampled positions."""
     b, _, h, w = images.shape
-    gh, gw = h // PATCH, w // PATCH
-    x = vit.patch_embed.proj(images).flatten(2).transpose(1, 2) + position_grid(vit.pos_embed, (gh, gw))
-    cls = (vit.cls_token + vit.pos_embed[:, :1]).expand(b, -1, -1)
+    patch = patch_size(vit)
+    gh, gw = h // patch, w // patch
+    x = vit.patch_embed.proj(images).flatten(2).transpose(1, 2) + position_grid(vit, (gh, gw))
+    prefix = prefix_tokens(vit).expand(b, -1, -1)
     ys, xs = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
-    xy = torch.stack([xs, ys], -1).flatten(0, 1).float() * PATCH
+    xy = torch.stack([xs, ys], -1).flatten(0, 1).float() * patch
     n = gh * gw
-    layout = Layout(torch.cat([xy, xy + PATCH], 1).expand(b, -1, -1).to(images.device),
+    layout = Layout(torch.cat([xy, xy + patch], 1).expand(b, -1, -1).to(images.device),
                     torch.ones(b, n, dtype=torch.long, device=images.device), torch.zeros(b, n), (h, w))
-    return Tokens(torch.cat([cls, x], 1), torch.arange(n, device=images.device).expand(b, -1), None), layout
+    x = vit.norm_pre(torch.cat([prefix, x], 1))
+    src = torch.arange(n, device=images.device).expand(b, -1)
+    return Tokens(x, src, None, prefix.shape[1]), layout
 
 
 @dataclass(frozen=True)
@@ -40,11 +43,14 @@ class Resolution:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "size", tuple(int(s) for s in self.size))
-        if len(self.size) != 2 or any(s < PATCH or s % PATCH or s > MAX_SIDE for s in self.size):
-            raise ValueError(f"resolution size must be (H, W), each a multiple of {PATCH} px between {PATCH} "
-                             f"and {MAX_SIDE}, got {self.size}; e.g. (98, 98), (112, 112) or (168, 168)")
+        if len(self.size) != 2 or any(s < 1 or s > MAX_SIDE for s in self.size):
+            raise ValueError(f"resolution size must be (H, W), each between 1 and {MAX_SIDE} px, got {self.size}")
 
     def forward(self, model, images: torch.Tensor) -> Outcome:
+        patch = patch_size(model.vit)
+        if any(s % patch for s in self.size):
+            raise ValueError(f"resolution size must be (H, W), each a multiple of {patch} px (the model's patch), "
+                             f"got {self.size}; e.g. ({7 * patch}, {7 * patch}) or ({8 * patch}, {8 * patch})")
         x = images
         if tuple(images.shape[-2:]) != self.size:
             x = F.interpolate(images, size=self.size, mode="bilinear", antialias=True, align_corners=False)

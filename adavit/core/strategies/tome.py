@@ -11,6 +11,8 @@ Written from the paper and its official code (facebookresearch/ToMe, tome/merge.
 The official code merges inside each block, between attention and MLP; timm's `Block.forward` has
 no seam there, so here a block's keys are caught with a hook on `attn.qkv` and its tokens merge
 right after it: block i's MLP still runs on the unmerged tokens (slightly more compute, counted).
+Prefix tokens beyond CLS (registers, a distillation token) sit out of the matching: they are
+put back after CLS for every block and never merge, so one CLS token matches exactly as in ToMe.
 """
 from __future__ import annotations
 
@@ -18,9 +20,19 @@ from dataclasses import dataclass
 
 import torch
 
+from ..patching import patch_size
 from ..sampler import Tokens
 from ..stages import _scores_hook
 from .base import Outcome, embedded
+
+
+def _without(x: torch.Tensor, p: int) -> torch.Tensor:
+    """x without the prefix tokens after CLS (slots 1 .. p-1)."""
+    return torch.cat([x[:, :1], x[:, p:]], 1) if p > 1 else x
+
+
+def _with(x: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+    return torch.cat([x[:, :1], extra, x[:, 1:]], 1) if extra.shape[1] else x
 
 
 @dataclass
@@ -97,29 +109,34 @@ class ToMe:
 
     def forward(self, model, images: torch.Tensor) -> Outcome:
         tokens, layout = model.tokenize(images, 1.0)
-        x = tokens.x
+        p = tokens.num_prefix
+        extra, x = tokens.x[:, 1:p], _without(tokens.x, p)
         bsz, n = x.shape[:2]
         size = torch.ones(bsz, n, 1, dtype=x.dtype, device=x.device)
         slot = torch.arange(1, n, device=x.device).expand(bsz, -1)  # stage-0 token -> slot of x (CLS = 0)
         counts, merges = [], []
         for blk in model.vit.blocks:
-            counts.append(x.shape[1])
+            counts.append(x.shape[1] + extra.shape[1])
             sink: list[torch.Tensor] = []
             hook = _scores_hook(blk, sink)
             try:
-                mask = proportional_mask(size, x.dtype)
-                x = blk(x) if mask is None else blk(x, attn_mask=mask)
+                mask = proportional_mask(_with(size, torch.ones_like(size[:, 1:p])), x.dtype)
+                full = _with(x, extra)
+                full = blk(full) if mask is None else blk(full, attn_mask=mask)
             finally:
                 hook.remove()
+            extra, x = full[:, 1:p], _without(full, p)
             if self.r and x.shape[1] > 2:
-                merges.append(x.shape[1])
-                m = bipartite_soft_matching(keys(sink[-1], blk.attn), self.r)
+                merges.append(x.shape[1])  # the matching sees the tokens that may merge
+                m = bipartite_soft_matching(_without(keys(sink[-1], blk.attn), p), self.r)
                 slot = m.slots(x.shape[1]).gather(1, slot)
                 x, size = merge_wavg(m, x, size)
-        out = Tokens(x, torch.arange(x.shape[1] - 1, device=x.device).expand(bsz, -1), None)
+        x = _with(x, extra)
+        out = Tokens(x, torch.arange(x.shape[1] - p, device=x.device).expand(bsz, -1), None, p)
         return Outcome(
             logits=model.classify(out), tokens_per_block=torch.tensor(counts).expand(bsz, -1), layout=layout,
-            embedded=embedded(layout), merges=torch.tensor(merges).expand(bsz, -1) if merges else None,
+            embedded=embedded(layout, patch_size(model.vit)),
+            merges=torch.tensor(merges).expand(bsz, -1) if merges else None,
             groups=slot, image_size=layout.size,
         )
 
