@@ -96,6 +96,7 @@ class AdaViTConfig:
     windows: tuple[int, ...] = (0, 0, 0)
     model_name: str = "vit_small_patch14_dinov2"
     pool: Literal["cls", "cls+mean"] = "cls"
+    gate: Literal["detail", "learned"] = "detail"  # which regions split: the detail score, or MSViT's learned MLP
     class_names: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
@@ -110,6 +111,8 @@ class AdaViTConfig:
             raise ValueError(f"each window must be 0 or a positive number of pixels, got {self.windows}")
         if self.pool not in ("cls", "cls+mean"):
             raise ValueError(f"pool must be 'cls' or 'cls+mean', got {self.pool!r}")
+        if self.gate not in ("detail", "learned"):
+            raise ValueError(f"gate must be 'detail' or 'learned', got {self.gate!r}")
         if self.class_names and len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
 

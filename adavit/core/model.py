@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .config import AdaViTConfig, Settings
+from .gate import LearnedGate
 from .patching import Layout, embed, patch_size
 from .sampler import Selection, Tokens
 from .stages import StagesOut, run_stages, split_blocks
@@ -70,6 +71,7 @@ class AdaViT(nn.Module):
             raise ValueError(f"each window must be 0 or a multiple of {self.region} px (2x2 patches of "
                              f"{self.patch} px), got {config.windows}")
         split_blocks(vit.blocks, config.stages)  # fail early on a bad stage split
+        self.gate = LearnedGate(int(vit.embed_dim)) if config.gate == "learned" else None
 
     @classmethod
     def create(cls, config: AdaViTConfig = AdaViTConfig()) -> AdaViT:
@@ -89,7 +91,7 @@ class AdaViT(nn.Module):
     def tokenize(self, images: torch.Tensor, fine_ratio: float) -> tuple[Tokens, Layout]:
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
-        x, layout = embed(self.vit, images, fine_ratio)
+        x, layout = embed(self.vit, images, fine_ratio, self.gate)
         src = torch.arange(x.shape[1] - self.num_prefix, device=x.device).expand(x.shape[0], -1)
         return Tokens(x, src, None, self.num_prefix), layout
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 
 from .config import PATCH, check_side
+from .gate import straight_through
 
 
 @dataclass
@@ -24,8 +25,9 @@ class Layout:
 
     boxes: torch.Tensor  # (B, T, 4) float: x0, y0, x1, y1 in model-input pixels
     scales: torch.Tensor  # (B, T) int: 1 = fine (one patch), 2 = coarse (a 2x2-patch region)
-    gate: torch.Tensor  # (B, T) detail score of the token's region
+    gate: torch.Tensor  # (B, T) the gate's score of the token's region (detail energy, or a learned logit)
     size: tuple[int, int]  # (H, W) of the model input
+    gate_logits: torch.Tensor | None = None  # (B, R) a learned gate's split logits per region, with gradient
 
 
 def detail_score(images: torch.Tensor, low: torch.Tensor | None = None, patch: int = PATCH) -> torch.Tensor:
@@ -124,8 +126,11 @@ def patch_size(vit) -> int:
     return int(p[0])
 
 
-def embed(vit, images: torch.Tensor, fine_ratio: float) -> tuple[torch.Tensor, Layout]:
+def embed(vit, images: torch.Tensor, fine_ratio: float, gate=None) -> tuple[torch.Tensor, Layout]:
     """Mixed-scale tokens (B, P+T, D), prefix first, with position embeddings, and their layout.
+
+    `gate`: a `core.gate.LearnedGate` ranks the regions instead of the detail score; while a
+    gradient is recorded, the chosen tokens carry its straight-through decision.
 
     Only the patch embeddings that are used get computed: when every region splits (fine_ratio 1:
     the plain ViT) there is no coarse conv and no gather, and when none does, no fine conv.
@@ -139,7 +144,13 @@ def embed(vit, images: torch.Tensor, fine_ratio: float) -> tuple[torch.Tensor, L
     proj = vit.patch_embed.proj
     pos, pos_coarse = _positions(vit, (gh, gw))
     low = F.avg_pool2d(images, 2)  # what a coarse token sees, and the gate's reference
-    score = detail_score(images, low, patch)  # (B, gh/2, gw/2)
+    coarse = logits = None
+    if gate is None:
+        score = detail_score(images, low, patch)  # (B, gh/2, gw/2)
+    else:
+        coarse = proj(low).flatten(2).transpose(1, 2) + pos_coarse  # (B, R, D): what the gate reads
+        logits = gate(coarse)
+        score = logits.detach().view(b, gh // 2, gw // 2)
     split = split_mask(score, fine_ratio)
     n_split = int(split[0].sum())  # the same for every image
     boxes, scales, keys = _candidates(gh, gw, patch, images.device)
@@ -148,12 +159,16 @@ def embed(vit, images: torch.Tensor, fine_ratio: float) -> tuple[torch.Tensor, L
         tokens = proj(images).flatten(2).transpose(1, 2) + pos
         idx = torch.arange(n_fine, device=images.device).expand(b, -1)
     elif n_split == 0:  # all coarse, in raster order (coarse candidates follow the fine ones)
-        tokens = proj(low).flatten(2).transpose(1, 2) + pos_coarse
+        tokens = coarse if coarse is not None else proj(low).flatten(2).transpose(1, 2) + pos_coarse
         idx = torch.arange(n_fine, len(keys), device=images.device).expand(b, -1)
     else:
-        fine = proj(images).flatten(2).transpose(1, 2)  # (B, gh*gw, D)
-        coarse = proj(low).flatten(2).transpose(1, 2)  # (B, gh*gw/4, D)
-        cand = torch.cat([fine + pos, coarse + pos_coarse], 1)
+        fine = proj(images).flatten(2).transpose(1, 2) + pos  # (B, gh*gw, D)
+        coarse = coarse if coarse is not None else proj(low).flatten(2).transpose(1, 2) + pos_coarse
+        cand = torch.cat([fine, coarse], 1)
+        if logits is not None and torch.is_grad_enabled():
+            m = straight_through(split.flatten(1), logits)  # 1 in value: the outputs are unchanged
+            m_fine = m.view(b, gh // 2, gw // 2).repeat_interleave(2, 1).repeat_interleave(2, 2).flatten(1)
+            cand = cand * torch.cat([m_fine, 1 - m], 1).unsqueeze(-1)
         split_fine = split.repeat_interleave(2, 1).repeat_interleave(2, 2).flatten(1)
         chosen = torch.cat([split_fine, ~split.flatten(1)], 1)  # (B, n_candidates)
         big = keys.max() + 1
@@ -164,6 +179,7 @@ def embed(vit, images: torch.Tensor, fine_ratio: float) -> tuple[torch.Tensor, L
     prefix = prefix_tokens(vit).expand(b, -1, -1)
     region_score = torch.cat([score.repeat_interleave(2, 1).repeat_interleave(2, 2).flatten(1), score.flatten(1)], 1)
     layout = Layout(
-        boxes=boxes[idx], scales=scales[idx], gate=torch.gather(region_score, 1, idx), size=(h, w)
+        boxes=boxes[idx], scales=scales[idx], gate=torch.gather(region_score, 1, idx), size=(h, w),
+        gate_logits=logits,
     )
     return vit.norm_pre(torch.cat([prefix, tokens], 1)), layout

