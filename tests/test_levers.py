@@ -124,16 +124,19 @@ def test_kd_loss_matches_torch_kl_on_probabilities():
 
 
 @needs_data
-def test_recipe_trains_a_learned_gate_and_saves_it(tmp_path, backbone_ready):
+def test_recipe_trains_a_learned_gate_and_scorer_and_saves_them(tmp_path, backbone_ready):
     out, export = tmp_path / "gate", tmp_path / "gate.safetensors"
-    assert train(["--out", str(out), "--gate", "learned", "--export", str(export), "--no-val", *TINY]) == 0
+    assert train(["--out", str(out), "--gate", "learned", "--scorer", "learned", "--export", str(export),
+                  "--no-val", *TINY]) == 0
     model = checkpoint.load_model(export)
     assert model.config.gate == "learned" and model.gate is not None
+    assert model.config.scorer == "learned" and len(model.scorers) == 2
     state = json.loads((out / "state.json").read_text())
     assert len(state["param_groups"]) > 1 and any(g.get("lr_scale") == 1.0 for g in state["param_groups"])
-    assert any(k.startswith("gate.") for k in load_file(str(out / "model.safetensors")))
+    saved = load_file(str(out / "model.safetensors"))
+    assert any(k.startswith("gate.") for k in saved) and any(k.startswith("scorers.1.") for k in saved)
     optim = load_file(str(out / "state.safetensors"))
-    gate_group = state["param_groups"][-1]  # added last: the gate's parameters, which got gradients
+    gate_group = state["param_groups"][-1]  # added last: the gate's and scorers' parameters, with gradients
     assert gate_group["lr_scale"] == 1.0 and all(
         float(optim[f"optim.{pid}.exp_avg"].abs().sum()) > 0 for pid in gate_group["params"])
     with torch.inference_mode():

@@ -229,3 +229,37 @@ def test_compare_and_sweep_run_on_a_patch16_checkpoint_of_an_image_folder(folder
     card = json.loads(export.with_suffix(".json").read_text())
     assert {p.get("side") for p in card["sweep_resolution"]} == {128}
     assert max(p["n_images"] for p in card["sweep"]) == 20
+
+
+def test_ablate_compares_arms_at_matched_gflops_and_writes_the_table(folder, tmp_path):
+    """Rows on one checkpoint and against a variant (a learned gate), on the image folder its card names."""
+    import torch
+
+    from adavit.core.config import AdaViTConfig
+    from adavit.core.model import AdaViT
+    from adavit.measure.ablate import main as ablate
+    from adavit.weights import checkpoint
+
+    root = tmp_path / "with_val"
+    shutil.copytree(folder / "train", root / "train")
+    shutil.copytree(folder / "train", root / "val")
+    card = {"dataset": data.open_data(f"imagefolder:{root}").card(f"imagefolder:{root}")}
+    torch.manual_seed(0)
+    base = checkpoint.save(AdaViT.create(AdaViTConfig(num_classes=5)), tmp_path / "base.safetensors", card)
+    gated = checkpoint.save(AdaViT.create(AdaViTConfig(num_classes=5, gate="learned")),
+                            tmp_path / "gated.safetensors", card)
+    out = tmp_path / "ablate.json"
+    args = ["--checkpoint", str(base), "--json", str(out), "--budgets", "0.35", "--candidates", "1", "--probe", "1",
+            "--select-per-class", "2", "--latency-runs", "1", "--threads", "2"]
+    assert ablate([*args, "--variant", f"gate={gated}", "--rows", "fusion,gate"]) == 0
+    res = json.loads(out.read_text())
+    assert list(res["rows"]) == ["fusion", "gate"] and res["protocol"]["all"] == "20 val images"
+    for row in res["rows"].values():
+        a, b = (arm["points"][0] for arm in row)
+        assert abs(a["gflops"] / b["gflops"] - 1) < 0.1  # matched compute
+        assert a["latency_ms_b1"] > 0 and 0 <= a["top1"] <= 1
+    assert [arm["model"] for arm in res["rows"]["gate"]] == ["base", "gate"]
+    table = out.with_suffix(".md").read_text()
+    assert "| gate | learned gate (MSViT) | 35% |" in table and "python -m adavit ablate" in table
+    assert ablate([*args, "--rows", "scorer"]) == 2  # that row needs its --variant
+    assert ablate([*args, "--variant", "gate=/nowhere.safetensors"]) == 2

@@ -97,6 +97,7 @@ class AdaViTConfig:
     model_name: str = "vit_small_patch14_dinov2"
     pool: Literal["cls", "cls+mean"] = "cls"
     gate: Literal["detail", "learned"] = "detail"  # which regions split: the detail score, or MSViT's learned MLP
+    scorer: Literal["attention", "learned"] = "attention"  # ATS's CLS attention x |V|, or DynamicViT's MLP
     class_names: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
@@ -113,6 +114,8 @@ class AdaViTConfig:
             raise ValueError(f"pool must be 'cls' or 'cls+mean', got {self.pool!r}")
         if self.gate not in ("detail", "learned"):
             raise ValueError(f"gate must be 'detail' or 'learned', got {self.gate!r}")
+        if self.scorer not in ("attention", "learned"):
+            raise ValueError(f"scorer must be 'attention' or 'learned', got {self.scorer!r}")
         if self.class_names and len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
 

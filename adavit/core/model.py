@@ -18,6 +18,7 @@ from .config import AdaViTConfig, Settings
 from .gate import LearnedGate
 from .patching import Layout, embed, patch_size
 from .sampler import Selection, Tokens
+from .scorer import LearnedScorer
 from .stages import StagesOut, run_stages, split_blocks
 from .trace import Trace, build_traces
 
@@ -72,6 +73,8 @@ class AdaViT(nn.Module):
                              f"{self.patch} px), got {config.windows}")
         split_blocks(vit.blocks, config.stages)  # fail early on a bad stage split
         self.gate = LearnedGate(int(vit.embed_dim)) if config.gate == "learned" else None
+        self.scorers = (nn.ModuleList(LearnedScorer(int(vit.embed_dim)) for _ in config.stages[1:])
+                        if config.scorer == "learned" else None)
 
     @classmethod
     def create(cls, config: AdaViTConfig = AdaViTConfig()) -> AdaViT:
@@ -83,6 +86,10 @@ class AdaViT(nn.Module):
         if config.pool == "cls+mean":
             vit.head = nn.Linear(2 * vit.embed_dim, config.num_classes)
         return cls(vit, config).eval()
+
+    def scorer(self, s: int) -> nn.Module | None:
+        """The learned scorer of sampler s, or None for ATS's parameter-free score."""
+        return self.scorers[s] if self.scorers is not None else None
 
     @property
     def stages(self) -> list[list[nn.Module]]:
@@ -99,7 +106,7 @@ class AdaViT(nn.Module):
         """Stages `start..3` with their samplers (start=1 resumes from cached stage-1 output)."""
         return run_stages(
             self.stages, tokens, settings.sampling, start=start,
-            windows=self.config.windows, boxes=layout.boxes, width=layout.size[1],
+            windows=self.config.windows, boxes=layout.boxes, width=layout.size[1], scorers=self.scorers,
         )
 
     def features(self, tokens: Tokens) -> torch.Tensor:

@@ -60,13 +60,15 @@ def run_stage(
     score: bool,
     local_mask: torch.Tensor | None = None,
     value_norm: bool = True,
+    scorer: nn.Module | None = None,
 ) -> tuple[Tokens, torch.Tensor | None]:
     """Blocks of one stage (local attention on every other block when a window mask is given).
 
-    value_norm=False scores by CLS attention alone (EViT) instead of ATS's attention x |V|."""
+    value_norm=False scores by CLS attention alone (EViT) instead of ATS's attention x |V|.
+    `scorer` (a `core.scorer.LearnedScorer`) scores the stage's output tokens instead."""
     pad = key_padding_mask(tokens.valid, tokens.num_prefix)
     sink: list[torch.Tensor] = []
-    hook = _scores_hook(blocks[-1], sink) if score else None
+    hook = _scores_hook(blocks[-1], sink) if score and scorer is None else None
     x = tokens.x
     try:
         for i, blk in enumerate(blocks):
@@ -76,7 +78,15 @@ def run_stage(
         if hook is not None:
             hook.remove()
     out = replace(tokens, x=x)
-    return out, significance(sink[-1], blocks[-1].attn, out, value_norm) if score else None
+    if not score:
+        return out, None
+    if scorer is None:
+        return out, significance(sink[-1], blocks[-1].attn, out, value_norm)
+    p = out.num_prefix
+    scores = scorer(x[:, p:], out.valid_mask())
+    if torch.is_grad_enabled():  # straight through: the kept tokens carry the scores' gradient, 1 in value
+        out = replace(out, x=torch.cat([x[:, :p], x[:, p:] * (1 + (scores - scores.detach())).unsqueeze(-1)], 1))
+    return out, scores
 
 
 def run_stages(
@@ -90,11 +100,13 @@ def run_stages(
     width: int | None = None,
     reducer: Reducer | None = None,
     value_norm: bool = True,
+    scorers: Sequence[nn.Module] | None = None,
 ) -> StagesOut:
     """Stages `start..` with a sampler after each stage but the last.
 
     `boxes` (B, T, 4) and `width` locate stage-0 tokens for local windows (`windows[s]` px, 0 = off).
     `reducer(tokens, scores, keep, s)` replaces ATS's `reduce` (the peer strategies in core.strategies).
+    `scorers[s]` scores the tokens at sampler s instead of CLS attention x |V| (a learned scorer).
     """
     if len(sampling.keep) != len(stages) - 1:
         raise ValueError(f"{len(stages)} stages need {len(stages) - 1} keep ratios, got {sampling.keep}")
@@ -107,7 +119,9 @@ def run_stages(
             local = local_window_mask(ids, tokens.num_prefix, tokens.valid)
         counts.append(tokens.counts)
         last = s == len(stages) - 1
-        tokens, scores = run_stage(stages[s], tokens, score=not last, local_mask=local, value_norm=value_norm)
+        scorer = scorers[s] if scorers is not None and not last else None
+        tokens, scores = run_stage(stages[s], tokens, score=not last, local_mask=local, value_norm=value_norm,
+                                   scorer=scorer)
         if not last:
             if reducer is None:
                 tokens, sel = reduce(tokens, scores, sampling.keep[s], sampling.mode, sampling.fuse)

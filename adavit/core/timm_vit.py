@@ -45,6 +45,9 @@ class UniformViT(nn.Module):
                              "the app shows exactly two (ATS1, ATS2)")
         self.config = AdaViTConfig(num_classes=int(vit.num_classes), stages=sizes, model_name=name)
 
+    def scorer(self, s: int) -> None:
+        return None  # ATS's parameter-free score: a timm ViT has no learned scorer
+
     @property
     def stages(self) -> list[list[nn.Module]]:
         return split_blocks(list(self.vit.blocks), self.config.stages)

@@ -37,7 +37,7 @@ def stage1_cache(model: AdaViT, images: torch.Tensor, fine_ratio: float) -> Stag
     if window:  # as run_stages does; at stage 1 every token is a real patch, so its box centre is its place
         centres = (layout.boxes[..., :2] + layout.boxes[..., 2:]) / 2
         local = local_window_mask(window_ids(centres, window, layout.size[1]), tokens.num_prefix, tokens.valid)
-    out, scores = run_stage(model.stages[0], tokens, score=True, local_mask=local)
+    out, scores = run_stage(model.stages[0], tokens, score=True, local_mask=local, scorer=model.scorer(0))
     return Stage1(out, scores, layout, tokens.counts, float(fine_ratio))
 
 
@@ -68,7 +68,7 @@ def stage2_cache(model: AdaViT, s1: Stage1, settings: Settings) -> Stage2:
     """ATS1 + stage 2 from a stage-1 cache (global attention in stage 2, as `run_stages` runs it)."""
     sampling = settings.sampling
     tokens, sel1 = reduce(s1.tokens, s1.scores, sampling.keep[0], sampling.mode, sampling.fuse)
-    out, scores = run_stage(model.stages[1], tokens, score=True)
+    out, scores = run_stage(model.stages[1], tokens, score=True, scorer=model.scorer(1))
     return Stage2(out, scores, sel1, (s1.count, tokens.counts))
 
 

@@ -133,9 +133,10 @@ class Split:
 
 
 def load_split(root, per_class: int, seed: int, workers: int, subset: int | None = None,
-               spec: str = data.labelled.FLOWERS, data_seed: int = 0) -> Split:
-    """Every val image of the data (`spec`, see data.card_data), split into select and report halves."""
-    ds, _ = data.eval_dataset(root, "val", RESOLUTION, subset, spec=spec, seed=data_seed)
+               spec: str = data.labelled.FLOWERS, data_seed: int = 0, side: int = RESOLUTION) -> Split:
+    """Every val image of the data (`spec`, see data.card_data) at `side` px, split into select and
+    report halves (the same halves at every side)."""
+    ds, _ = data.eval_dataset(root, "val", side, subset, spec=spec, seed=data_seed)
     loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=workers)
     xs, ys = [], []
     for x, y in tqdm(loader, desc="load val", unit="batch"):
@@ -211,12 +212,12 @@ def score(split: Split, idx: np.ndarray, preds: np.ndarray) -> dict:
     return metrics.classification(split.targets[idx], preds, split.names)
 
 
-def choose(cache: Cache, model, name: str, split: Split, full_gflops: float, budgets: Sequence[float],
-           n_candidates: int, batch: int, probe: torch.Tensor) -> list[dict]:
-    """One point per budget: the best candidate on the select half, reported on the other half and on all."""
+def choose(cache: Cache, model, candidates: Sequence[tuple[object, object]], split: Split, full_gflops: float,
+           budgets: Sequence[float], n_candidates: int, batch: int, probe: torch.Tensor, label: str = "") -> list[dict]:
+    """One point per budget: the best of `candidates` ((strategy, family) pairs, e.g. `grid(name)`) on
+    the select half, reported on the other half and on all."""
     costs = [(s, fam, costed(cache, model, s, probe))
-             for s, fam in tqdm(list(grid(name, model.patch, len(model.vit.blocks))), desc=f"{name}: cost the grid",
-                                unit="setting", leave=False)]
+             for s, fam in tqdm(list(candidates), desc=f"{label}: cost the grid", unit="setting", leave=False)]
     points = []
     for budget in budgets:
         target = budget * full_gflops
@@ -276,8 +277,8 @@ def run(args: argparse.Namespace) -> dict:
     probe = split.images[torch.as_tensor(split.select[:: max(1, len(split.select) // args.probe)][: args.probe])]
     strategies = {}
     for name in tqdm(args.strategies, desc="strategies", unit="strategy"):
-        strategies[name] = choose(cache, model, name, split, full_gflops, args.budgets, args.candidates,
-                                  args.batch_size, probe)
+        strategies[name] = choose(cache, model, list(grid(name, model.patch, len(model.vit.blocks))), split,
+                                  full_gflops, args.budgets, args.candidates, args.batch_size, probe, name)
         best = [f"{p['budget']:.0%}: {100 * p['top1']:.2f}%" for p in strategies[name] if p.get("settings")]
         tqdm.write(f"{name}: {', '.join(best)}")
     chosen = {"full": full, **{f"{n}@{p['budget']}": p["_strategy"] for n, pts in strategies.items()

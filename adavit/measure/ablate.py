@@ -1,0 +1,236 @@
+"""adavit ablate: what each part of AdaViT buys, at matched GFLOPs (the README's ablation table).
+
+    python -m adavit ablate --json results/ablate.json [--checkpoint PATH] [--variant distill=PATH ...]
+
+Every row compares two arms at the same budgets (shares of the full-token GFLOPs at 224 px). An arm
+is a model and a family of AdaViT settings. At each budget the family's best setting is chosen on
+the select half of val and reported on the other half and on all of val, and batch-1 latency is
+timed for every chosen point in alternating rounds: the protocol of `adavit compare`.
+
+Rows on one checkpoint (parts that act at inference):
+  samplers     one sampler (keep2 = 1: ATS1 only) vs two
+  fusion       dropped tokens discarded vs fused into one token
+  resolution   224 px vs mixed-scale at 336 px (images decoded at 336, low fine ratios)
+  attention    global-only stage 1 vs GC-ViT hybrid (windows of 4x4 regions, 112 px for patch 14), same
+               weights, not fine-tuned for it
+Rows against a second checkpoint trained with the part (--variant NAME=PATH; train it with the same
+schedule as --checkpoint, its baseline): gate (learned gate), scorer (learned scorer), distill
+(self-distillation), hybrid (fine-tuned with windows; replaces the not-fine-tuned attention arm).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import data
+from ..core.config import Settings
+from ..core.model import AdaViT
+from ..core.strategies import make
+from ..weights import checkpoint
+from . import metrics
+from .bench import interleaved_medians, machine
+from .compare import SEED, SELECT_PER_CLASS, Cache, choose, evaluated, fingerprint, load_split, score
+from .flops import CONVENTION
+from .sweep import floats
+
+BUDGETS = (0.27, 0.35)
+HIGH = 336  # the mixed-scale arm's side
+COMMAND = "python -m adavit ablate --json results/ablate.json"
+VARIANTS = {"gate": "learned gate (MSViT)", "scorer": "learned scorer (DynamicViT MLP)",
+            "distill": "self-distillation", "hybrid": "hybrid stage 1, fine-tuned"}
+
+
+def family(*, fines=(0.0, 0.1, 0.2, 0.3, 0.5), keeps1=(0.15, 0.25, 0.35, 0.5, 0.75, 1.0), keeps2=(0.25, 0.5, 1.0),
+           fuse: bool = False, resolution: int = 224) -> list[tuple[object, float]]:
+    """(AdaViT strategy, family) candidates: the fine ratio is the family, as in `compare`."""
+    return [(make("adavit", settings=Settings(f, k1, k2, "topk", fuse, resolution)), f)
+            for f in fines for k1 in keeps1 for k2 in keeps2]
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    label: str
+    model: str  # key into the models: "base", "windows", or a variant name
+    candidates: tuple
+    resolution: int = 224
+
+
+def rows(variants: dict[str, str]) -> dict[str, tuple[Arm, Arm]]:
+    """Each ablation as (without the part, with it)."""
+    two = tuple(family())
+    out = {
+        "samplers": (Arm("one sampler (ATS1 only)", "base", tuple(family(keeps2=(1.0,)))),
+                     Arm("two samplers", "base", two)),
+        "fusion": (Arm("drop", "base", two), Arm("fuse", "base", tuple(family(fuse=True)))),
+        "resolution": (Arm("224 px", "base", two),
+                       Arm(f"mixed-scale {HIGH} px", "base",
+                           tuple(family(fines=(0.0, 0.05, 0.1, 0.15, 0.2), resolution=HIGH)), HIGH)),
+        "attention": (Arm("global stage 1", "base", two),
+                      Arm("hybrid stage 1 (not fine-tuned)", "windows", two)),
+    }
+    for name in variants:
+        with_part = Arm(VARIANTS[name], name, two)
+        if name == "hybrid":
+            out["attention"] = (out["attention"][0], with_part)
+        else:
+            out[name] = (Arm(f"without {VARIANTS[name]}", "base", two), with_part)
+    return out
+
+
+def load_models(base: Path, variants: dict[str, str]) -> dict[str, tuple[AdaViT, Path]]:
+    models = {"base": (checkpoint.load_model(base), base)}
+    cfg = models["base"][0].config
+    windowed = AdaViT.create(dataclasses.replace(cfg, windows=(4 * models["base"][0].region, 0, 0)))
+    windowed.load_state_dict(models["base"][0].state_dict())
+    models["windows"] = (windowed.eval(), base)
+    for name, path in variants.items():
+        models[name] = (checkpoint.load_model(path), Path(path))
+    return models
+
+
+def parse_variants(items: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or name not in VARIANTS:
+            raise ValueError(f"--variant must be NAME=PATH with NAME one of {', '.join(VARIANTS)}; got {item!r}")
+        if not Path(path).exists():
+            raise ValueError(f"--variant {name}: no checkpoint at {path}")
+        out[name] = path
+    return out
+
+
+def run(args: argparse.Namespace) -> dict:
+    t0, load_at_start = time.time(), list(os.getloadavg())
+    variants = parse_variants(args.variant)
+    base = Path(args.checkpoint) if args.checkpoint else checkpoint.SHIPPED
+    models = load_models(base, variants)
+    spec, data_seed = data.card_data(checkpoint.read_card(base), args.data)
+    root = data.resolve_data_root(args.data_root) if spec == data.labelled.FLOWERS else None
+    table = rows(variants)
+    if args.rows:
+        unknown = set(args.rows) - set(table)
+        if unknown:
+            raise ValueError(f"--rows {', '.join(sorted(unknown))}: not a row here; rows: {', '.join(table)} "
+                             "(gate, scorer and distill need their --variant)")
+        table = {k: v for k, v in table.items() if k in args.rows}
+    sides = sorted({arm.resolution for pair in table.values() for arm in pair})
+    splits = {side: load_split(root, args.select_per_class, SEED, 0, args.per_class, spec, data_seed, side)
+              for side in sides}
+    split = splits[224]
+    out_path = Path(args.json)
+    caches = {(key, side): Cache(out_path.with_suffix(f".{key}.{side}.cache.jsonl"),
+                                 fingerprint(path, splits[side]) + key)
+              for key, (_, path) in models.items() for side in sides}
+    model = models["base"][0]
+    full = make("resolution", size=(224, 224))
+    full_row = evaluated(caches[("base", 224)], model, full, split, "all", args.batch_size)
+    full_gflops = float(np.mean(full_row["gflops"]))
+    full_scores = score(split, np.arange(len(split.targets)), np.array(full_row["preds"]))
+    results, chosen = {}, {}
+    for row, arms in table.items():
+        results[row] = []
+        for arm in arms:
+            m = models[arm.model][0]
+            s = splits[arm.resolution]
+            probe = s.images[torch.as_tensor(s.select[:: max(1, len(s.select) // args.probe)][: args.probe])]
+            pts = choose(caches[(arm.model, arm.resolution)], m, arm.candidates, s, full_gflops, args.budgets,
+                         args.candidates, args.batch_size, probe, f"{row}: {arm.label}")
+            for p in pts:
+                if p.get("settings"):
+                    chosen[(row, arm.label, p["budget"])] = (m, p["_strategy"], s.images[:1])
+            results[row].append({"arm": arm.label, "model": arm.model, "points": pts})
+            best = [f"{p['budget']:.0%}: {100 * p['top1']:.2f}%" for p in pts if p.get("settings")]
+            print(f"{row} / {arm.label}: {', '.join(best)}", flush=True)
+    lat = {}
+    if args.latency_runs:
+        fns = {k: (lambda m=m, st=st, x=x: st.forward(m, x)) for k, (m, st, x) in chosen.items()}
+        lat = interleaved_medians(fns, args.latency_runs)
+    for row, arms in results.items():
+        for arm in arms:
+            for p in arm["points"]:
+                p.pop("_strategy", None)
+                p["latency_ms_b1"] = lat.get((row, arm["arm"], p["budget"]))
+    return {
+        "budgets": list(args.budgets), "rows": results,
+        "full": {"top1": full_scores["top1"], "weighted_f1": full_scores["weighted_f1"], "gflops": full_gflops},
+        "checkpoints": {k: str(p) for k, (_, p) in models.items() if k != "windows"},
+        "protocol": {
+            "select": f"{len(split.select)} val images, {args.select_per_class} per class (stratified, seed {SEED})",
+            "report": f"the other {len(split.report)} val images", "all": f"{len(split.targets)} val images",
+            "candidates_per_budget": args.candidates, "gflops": f"mean per image; {CONVENTION}",
+            "budgets": "shares of the full-token GFLOPs at 224 px",
+            "latency": f"median ms, batch 1, {args.latency_runs} alternating rounds, {torch.get_num_threads()} threads",
+        },
+        "command": COMMAND, "wall_time_s": round(time.time() - t0, 1), "machine": machine(load_at_start),
+    }
+
+
+def markdown(out: dict) -> str:
+    lines = [f"Every token at 224 px: top-1 {100 * out['full']['top1']:.2f}%, {out['full']['gflops']:.2f} GFLOPs.", "",
+             "| ablation | arm | budget | top-1 (all val) | top-1 (report half) | weighted F1 | GFLOPs | batch-1 ms |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row, arms in out["rows"].items():
+        for arm in arms:
+            for p in arm["points"]:
+                if not p.get("settings"):
+                    lines.append(f"| {row} | {arm['arm']} | {p['budget']:.0%} | n/a: {p.get('missing')} | | | | |")
+                    continue
+                ms = f"{p['latency_ms_b1']:.1f}" if p.get("latency_ms_b1") is not None else "n/a"
+                lines.append(f"| {row} | {arm['arm']} | {p['budget']:.0%} | {100 * p['top1']:.2f}% | "
+                             f"{100 * p['top1_report']:.2f}% | {100 * p['weighted_f1']:.2f}% | {p['gflops']:.2f} | "
+                             f"{ms} |")
+    return "\n".join(lines)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="adavit ablate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", required=True, help="write the results here (and cache points beside it)")
+    p.add_argument("--markdown", default=None, help="write the README table here (default: <json> with .md)")
+    p.add_argument("--checkpoint", default=None, help=f"the baseline (default {checkpoint.SHIPPED})")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=PATH",
+                   help=f"a checkpoint trained with one part on; NAME from {', '.join(VARIANTS)}")
+    p.add_argument("--rows", type=lambda t: [x.strip() for x in t.split(",") if x.strip()], default=None,
+                   help="only these rows (comma-separated; default: all)")
+    p.add_argument("--data", default=None, help="flowers102 or imagefolder:DIR (default: the checkpoint card's)")
+    p.add_argument("--data-root", default=None, help="folder holding flowers-102/ (default: $ADAVIT_DATA or "
+                   "../shared/data)")
+    p.add_argument("--per-class", type=int, default=None, help="only N val images per class (quick checks)")
+    p.add_argument("--select-per-class", type=int, default=SELECT_PER_CLASS)
+    p.add_argument("--budgets", type=floats, default=list(BUDGETS), help="shares of the full-token GFLOPs")
+    p.add_argument("--candidates", type=int, default=3, help="settings evaluated per arm and budget")
+    p.add_argument("--probe", type=int, default=4, help="images each candidate is costed on")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--latency-runs", type=int, default=10, help="batch-1 rounds (0: skip latency)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        out = run(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    table = markdown(out)
+    print(table)
+    print(f"wrote {metrics.write_json(args.json, out)}")
+    md = Path(args.markdown or Path(args.json).with_suffix(".md"))
+    md.write_text(f"{table}\n\nRegenerate: `{COMMAND}`\n")
+    print(f"wrote {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
