@@ -223,3 +223,27 @@ def test_timm_vit_runs_with_ats_and_equals_timm_at_full_tokens():
     assert out.result.trace.size == (256, 256) and len(out.views) == 3
     assert ex.accuracy(m.name, Settings()).text.startswith("no accuracy: this model has no checkpoint card")
     assert ex.runner(None).app_model.name == "tiny test model"  # the default model stays
+
+
+def test_learned_parts_get_parameter_free_twins_in_the_model_menu():
+    from adavit.app.explorer import Explorer
+    from adavit.core.config import AdaViTConfig
+    from adavit.core.model import AdaViT
+
+    torch.manual_seed(0)
+    model = AdaViT.create(AdaViTConfig(num_classes=3, gate="learned", scorer="learned"))
+    m = app_model.AppModel(model, ("a", "b", "c"), "random weights", False, {"sweep": [{"top1": 0.5}]},
+                           "AdaViT-S/14 test")
+    ex = Explorer(m, None)
+    assert ex.names == ["AdaViT-S/14 test", "AdaViT-S/14 test · detail-score gate",
+                        "AdaViT-S/14 test · CLS attention x |V| score"]
+    gate_twin, score_twin = (ex.runner(n).app_model for n in ex.names[1:])
+    assert gate_twin.model.vit is model.vit and gate_twin.model.gate is None
+    assert gate_twin.model.scorers is model.scorers
+    assert score_twin.model.scorers is None and score_twin.model.gate is model.gate
+    assert gate_twin.sweep == [] and gate_twin.ood is None  # the learned model's sweep is not theirs
+    s = Settings(fine_ratio=0.3)
+    boxes = [ex.analyze(n, FLOWER, s).trace.stage("patching").boxes for n in ex.names[:2]]
+    assert not np.array_equal(boxes[0], boxes[1])  # the learned gate and the detail score split other regions
+    kept = [ex.analyze(n, FLOWER, s).trace.stage("ats1").kept for n in (ex.names[0], ex.names[2])]
+    assert not np.array_equal(kept[0], kept[1])

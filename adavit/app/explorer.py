@@ -19,7 +19,7 @@ from ..data import FLOWERS_SPEC, FOLDER_SPEC, card_data
 from . import overlay, pareto
 from .analysis import Analysis, Analyzer
 from .live_accuracy import Accuracy, LiveAccuracy, SweepLookup
-from .models import AppModel, load_timm
+from .models import AppModel, load_timm, parameter_free_twins
 
 MAX_EXTRA_MODELS = 2  # extra timm models kept in memory besides the default one
 
@@ -59,7 +59,10 @@ class Explorer:
         self.default = app_model.name
         self._runners: dict[str, Runner] = {}
         self._lock = threading.Lock()
-        self._add(app_model)
+        twins = parameter_free_twins(app_model)
+        self.pinned = {app_model.name, *(t.name for t in twins)}  # never evicted by timm models loaded later
+        for m in (app_model, *twins):
+            self._add(m)
         folder = Path(view_dir) if view_dir else Path(tempfile.gettempdir()) / "adavit_views"
         self.views = overlay.ViewFiles(folder)
 
@@ -80,7 +83,7 @@ class Explorer:
                         self._live(app_model), SweepLookup(app_model.sweep))
         with self._lock:
             self._runners[app_model.name] = runner
-            extra = [n for n in self._runners if n != self.default]
+            extra = [n for n in self._runners if n not in self.pinned]
             for name in extra[:-MAX_EXTRA_MODELS]:
                 del self._runners[name]
         return runner

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -51,6 +51,30 @@ def _names(model: AdaViT, card: dict, data_root: Path | None) -> tuple[str, ...]
     if model.config.num_classes == data.NUM_CLASSES:
         return tuple(data.class_names(data_root))  # the data's names, else the shipped card's, else numbers
     return tuple(f"class {i + 1}" for i in range(model.config.num_classes))
+
+
+def parameter_free_twins(app_model: AppModel) -> list[AppModel]:
+    """The checkpoint with each learned part (gate, scorer) swapped back to its parameter-free original.
+
+    The twins share the ViT's weights (no copy), so the model dropdown lets a user compare, on the
+    same photo, the learned gate with the detail score and the learned scorer with CLS attention x |V|.
+    The card's sweep and the OOD statistics belong to the learned model, so a twin has neither.
+    """
+    model = app_model.model
+    if not isinstance(model, AdaViT):
+        return []
+    twins = []
+    if model.gate is not None:
+        twin = AdaViT(model.vit, replace(model.config, gate="detail"))
+        twin.scorers = model.scorers
+        twins.append(("detail-score gate", twin))
+    if model.scorers is not None:
+        twin = AdaViT(model.vit, replace(model.config, scorer="attention"))
+        twin.gate = model.gate
+        twins.append(("CLS attention x |V| score", twin))
+    card = {k: v for k, v in app_model.card.items() if k not in ("sweep", "sweep_resolution", "compare")}
+    return [replace(app_model, model=twin.eval(), name=f"{app_model.name} · {label}", card=card, ood=None)
+            for label, twin in twins]
 
 
 def short_name(model: AdaViT) -> str:
