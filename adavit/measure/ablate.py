@@ -219,16 +219,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        if any(not 0 < b <= 1 for b in args.budgets):
+            raise ValueError(f"budgets are shares of the full-token GFLOPs in (0, 1], got {args.budgets}")
         out = run(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    table = markdown(out)
-    print(table)
-    print(f"wrote {metrics.write_json(args.json, out)}")
-    md = Path(args.markdown or Path(args.json).with_suffix(".md"))
-    md.write_text(f"{table}\n\nRegenerate: `{COMMAND}`\n")
-    print(f"wrote {md}")
+    metrics.write_report(args.json, out, f"{markdown(out)}\n\nRegenerate: `{COMMAND}`", args.markdown)
     return 0
 
 

@@ -365,13 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    table = markdown(out)
-    print(table)
-    print(f"wrote {metrics.write_json(args.json, out)}")
-    md = Path(args.markdown or Path(args.json).with_suffix(".md"))
-    md.parent.mkdir(parents=True, exist_ok=True)
-    md.write_text(table + "\n")
-    print(f"wrote {md}")
+    metrics.write_report(args.json, out, markdown(out), args.markdown)
     if args.html:
         print(f"wrote {metrics.write_html(figure(out), args.html)}")
     if args.update_card:

@@ -106,6 +106,16 @@ def write_json(path: str | Path, data: dict) -> Path:
     return path
 
 
+def write_report(json_path: str | Path, out: dict, table: str, md_path: str | Path | None = None) -> None:
+    """Print the README table, then write the JSON and the table (default: the JSON's name with .md)."""
+    print(table)
+    print(f"wrote {write_json(json_path, out)}")
+    md = Path(md_path or Path(json_path).with_suffix(".md"))
+    md.parent.mkdir(parents=True, exist_ok=True)
+    md.write_text(table + "\n")
+    print(f"wrote {md}")
+
+
 def write_html(fig: go.Figure, path: str | Path) -> Path:
     """Self-contained HTML (plotly.js inlined): it opens offline, where these runs happen."""
     path = Path(path)
