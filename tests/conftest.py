@@ -83,6 +83,11 @@ def smooth_images(n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
 
 
 @pytest.fixture(scope="session")
+def layer_scale():
+    return realistic_layer_scale
+
+
+@pytest.fixture(scope="session")
 def make_images():
     return smooth_images
 

@@ -6,7 +6,6 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import realistic_layer_scale, smooth_images
 
 from adavit.core.config import AdaViTConfig, Settings
 from adavit.core.model import AdaViT
@@ -18,16 +17,16 @@ SETTINGS = Settings(fine_ratio=0.3, keep1=0.5, keep2=0.5)
 
 
 @pytest.fixture(scope="module")
-def gated() -> AdaViT:
+def gated(layer_scale) -> AdaViT:
     torch.manual_seed(0)
     m = AdaViT.create(AdaViTConfig(num_classes=10, gate="learned"))
-    realistic_layer_scale(m.vit)
+    layer_scale(m.vit)
     return m
 
 
 @pytest.fixture(scope="module")
-def pics() -> torch.Tensor:
-    return smooth_images(4, 224, 224, seed=3)
+def pics(make_images) -> torch.Tensor:
+    return make_images(4, 224, 224, seed=3)
 
 
 def test_the_learned_gate_ranks_the_regions_and_is_deterministic(gated, pics):

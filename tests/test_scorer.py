@@ -6,7 +6,6 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import realistic_layer_scale, smooth_images
 
 from adavit.core.config import AdaViTConfig, Settings
 from adavit.core.model import AdaViT
@@ -18,10 +17,10 @@ SETTINGS = [Settings(0.3, 0.5, 0.5), Settings(0.5, 0.4, 0.6, "sample", True)]
 
 
 @pytest.fixture(scope="module")
-def scored() -> AdaViT:
+def scored(layer_scale) -> AdaViT:
     torch.manual_seed(0)
     m = AdaViT.create(AdaViTConfig(num_classes=10, scorer="learned"))
-    realistic_layer_scale(m.vit)
+    layer_scale(m.vit)
     with torch.no_grad():  # peaked scores, as a trained scorer has, so sample mode keeps different counts
         for s in m.scorers:
             s.mlp[-1].weight.mul_(50)
@@ -29,8 +28,8 @@ def scored() -> AdaViT:
 
 
 @pytest.fixture(scope="module")
-def pics() -> torch.Tensor:
-    return smooth_images(3, 224, 224, seed=5)
+def pics(make_images) -> torch.Tensor:
+    return make_images(3, 224, 224, seed=5)
 
 
 def test_scores_are_a_distribution_over_the_real_tokens():
