@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..measure import metrics
+from ..measure import cli, metrics
 from .models import load_default, tiny
 
 REPO = Path(__file__).resolve().parents[2]
@@ -124,9 +124,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = cli.parse(parser(), argv)
     sys.path.insert(0, str(REPO))
     from ..data import default_data_root
     from . import ui as app

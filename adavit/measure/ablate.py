@@ -35,7 +35,7 @@ from ..core.config import Settings
 from ..core.model import AdaViT
 from ..core.strategies import make
 from ..weights import checkpoint
-from . import metrics
+from . import cli, metrics
 from .bench import interleaved_medians, machine
 from .compare import SEED, SELECT_PER_CLASS, Cache, choose, evaluated, fingerprint, load_split, score
 from .flops import CONVENTION
@@ -215,9 +215,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = cli.parse(parser(), argv)
     try:
         if any(not 0 < b <= 1 for b in args.budgets):
             raise ValueError(f"budgets are shares of the full-token GFLOPs in (0, 1], got {args.budgets}")

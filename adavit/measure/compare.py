@@ -31,7 +31,7 @@ from .. import data
 from ..core.config import Settings
 from ..core.strategies import STRATEGIES, make
 from ..weights import checkpoint
-from . import metrics
+from . import cli, metrics
 from .bench import interleaved_medians, machine
 from .compare_report import figure, markdown
 from .flops import CONVENTION, outcome_gflops
@@ -354,9 +354,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = cli.parse(parser(), argv)
     if any(not 0 < b <= 1 for b in args.budgets):
         print(f"error: budgets are shares of the full-token GFLOPs in (0, 1], got {args.budgets}", file=sys.stderr)
         return 2

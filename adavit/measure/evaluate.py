@@ -23,7 +23,7 @@ from .. import data
 from ..core.config import MODES, Settings
 from ..core.model import AdaViT, Prediction
 from ..weights import checkpoint
-from . import metrics
+from . import cli, metrics
 from .flops import image_gflops
 from .flops import summarize as gflops_summary
 
@@ -286,9 +286,7 @@ def record_in_card(weights: Path, name: str, out: dict, split: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = cli.parse(parser(), argv)
     if args.split == "test":
         print("warning: the test split is held out; report it once and never tune settings on it "
               "(tune on --split val)", file=sys.stderr)

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..core.config import PATCH, Settings
 from ..core.sampler import ceil_tokens
+from . import cli
 
 SLOW_ROWS = range(9, 57)  # where row-major F.linear is slow on the machines we measured
 
@@ -133,9 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--rows", type=int, nargs="+", default=[9, 17, 29, 41, 57, 81, 161, 257])
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = cli.parse(p, argv)
     d = args.dim
     print(f"{torch.get_num_threads()} threads; best-of-7 ms per call (row-major / column-major)")
     for name, (i, o) in {"qkv": (d, 3 * d), "fc1": (d, 4 * d), "fc2": (4 * d, d)}.items():

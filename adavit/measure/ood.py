@@ -26,7 +26,7 @@ from ..core.config import Settings
 from ..core.model import AdaViT
 from ..data import nonflowers
 from ..weights import checkpoint
-from . import metrics
+from . import cli, metrics
 from .evaluate import checkpoint_card, settings_from
 from .mahalanobis import PASS_RATE, OODStats, auroc, calibrate, fit, for_checkpoint, stats_path
 
@@ -78,9 +78,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = cli.parse(parser(), argv)
     photos, missing = nonflowers.installed_photos()
     try:
         weights, card = checkpoint_card(args.checkpoint)

@@ -28,7 +28,7 @@ from ..core.model import AdaViT
 from ..core.strategies import Resolution
 from ..data import card_data, eval_dataset
 from ..weights import checkpoint
-from . import metrics
+from . import cli, metrics
 from .cache import run_from_stage1, stage1_cache
 from .evaluate import (
     Collector,
@@ -224,9 +224,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = cli.parse(parser(), argv)
     try:
         weights, card = checkpoint_card(args.checkpoint)  # grid and data fail fast, before the model loads
         resolution = args.resolution or settings_from(card).resolution
