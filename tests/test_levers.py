@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 from adavit import data
 from adavit.core.config import Settings
 from adavit.train.distill import Distill, kd_loss
+from adavit.train.recipe import SettingsRange, split_holdout
 from adavit.train.recipe import main as train
-from adavit.train.recipe import split_holdout
 from adavit.weights import checkpoint
 
 ROOT = data.default_data_root()
@@ -133,3 +133,35 @@ def test_recipe_trains_a_learned_gate_and_scorer_and_saves_them(tmp_path, backbo
     with torch.inference_mode():
         pred = model(torch.randn(2, 3, 224, 224), Settings())
     assert pred.layout.gate_logits is not None and pred.logits.shape == (2, 102)
+
+
+def test_a_larger_side_trains_near_the_base_sides_token_counts():
+    base = SettingsRange()
+    high = base.at_side(336, 224)
+    assert high.fine_ratio == pytest.approx((0.15 * 4 / 9, 4 / 9)) and high.keep == base.keep
+    assert base.at_side(224, 224) == base and base.at_side(168, 224) == base  # never above the base range
+    s = high.draw(torch.Generator().manual_seed(0), 336)
+    assert s.resolution == 336 and high.fine_ratio[0] <= s.fine_ratio <= high.fine_ratio[1]
+
+
+@needs_data
+def test_recipe_fine_tunes_hybrid_attention_and_saves_its_windows(tmp_path, backbone_ready, capsys):
+    export = tmp_path / "hybrid.safetensors"
+    assert train(["--out", str(tmp_path / "h"), "--windows", "112,0,0", "--export", str(export), "--no-val",
+                  *TINY]) == 0
+    model = checkpoint.load_model(export)
+    assert model.config.windows == (112, 0, 0)
+    assert train(["--out", str(tmp_path / "bad"), "--windows", "112,0", *TINY]) == 2
+    assert "windows needs one entry per stage" in capsys.readouterr().err
+    assert train(["--out", str(tmp_path / "bad2"), "--windows", "100,0,0", *TINY]) == 2
+    assert "multiple" in capsys.readouterr().err
+    assert train(["--out", str(tmp_path / "bad3"), "--windows", "big", *TINY]) == 2
+    assert "--windows must be three comma-separated sides" in capsys.readouterr().err
+
+
+def test_ablate_multires_variant_replaces_the_high_resolution_arm():
+    from adavit.measure.ablate import HIGH, rows
+    plain, trained = rows({}), rows({"multires": "x"})
+    assert plain["resolution"][1].model == "base" and trained["resolution"][1].model == "multires"
+    assert trained["resolution"][1].resolution == HIGH and trained["resolution"][0] == plain["resolution"][0]
+    assert trained["resolution"][1].candidates == plain["resolution"][1].candidates and "multires" not in trained

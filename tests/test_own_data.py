@@ -263,3 +263,44 @@ def test_ablate_compares_arms_at_matched_gflops_and_writes_the_table(folder, tmp
     assert "| gate | learned gate (MSViT) | 35% |" in table and "python -m adavit ablate" in table
     assert ablate([*args, "--rows", "scorer"]) == 2  # that row needs its --variant
     assert ablate([*args, "--variant", "gate=/nowhere.safetensors"]) == 2
+
+
+def test_ablate_on_the_held_out_train_images_its_cards_name(folder, tmp_path, capsys):
+    """--on holdout: the selection set is the train images the run kept out; val is not read."""
+    import torch
+
+    from adavit.core.config import AdaViTConfig
+    from adavit.core.model import AdaViT
+    from adavit.measure.ablate import main as ablate
+    from adavit.weights import checkpoint
+
+    spec = f"imagefolder:{folder}"
+    d = data.open_data(spec)
+    held = [p for c in range(len(CLASSES)) for p in [q for q in d.train if q[1] == c][:2]]
+    keys = d.train_keys(held)
+    assert len(set(keys)) == 10 and all("/" in k for k in keys)  # file names repeat across class folders
+    assert d.held_out(keys) == tuple(sorted(held, key=d.train.index))
+
+    def save(name, selection, **cfg):
+        card = {"dataset": d.card(spec), "selection": selection}
+        torch.manual_seed(0)
+        return checkpoint.save(AdaViT.create(AdaViTConfig(num_classes=5, **cfg)), tmp_path / name, card)
+
+    base = save("base.safetensors", {"holdout_files": keys})
+    gated = save("gated.safetensors", {"holdout_files": keys}, gate="learned")
+    other = save("other.safetensors", {"holdout_files": keys[:-1]}, gate="learned")
+    plain = save("plain.safetensors", None)
+    out = tmp_path / "held.json"
+    args = ["--json", str(out), "--budgets", "0.35", "--candidates", "1", "--probe", "1", "--select-per-class", "1",
+            "--latency-runs", "0", "--threads", "2", "--on", "holdout", "--rows", "gate"]
+    assert ablate(["--checkpoint", str(base), "--variant", f"gate={gated}", *args]) == 0
+    res = json.loads(out.read_text())
+    assert res["on"] == "holdout" and res["protocol"]["all"] == "10 held-out train images"
+    assert res["protocol"]["select"].startswith("5 held-out train images")
+    assert "top-1 (all held-out)" in out.with_suffix(".md").read_text()
+    assert ablate(["--checkpoint", str(base), "--variant", f"gate={other}", *args]) == 2
+    assert "did not hold out the same train images" in capsys.readouterr().err
+    assert ablate(["--checkpoint", str(plain), *args[:-2], "--rows", "fusion"]) == 2
+    assert "records no held-out train images" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="not the data the checkpoint was trained on"):
+        d.held_out([*keys, "nowhere/x.jpg"])

@@ -5,6 +5,7 @@ evaluation and the sweep read splits through it and never care which kind it was
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,21 @@ class LabelledData:
         if split not in ("train", "val"):
             raise ValueError(f"split must be train or val for {self.name}, got {split!r}")
         return getattr(self, split)
+
+    def train_keys(self, pairs) -> list[str]:
+        """How a card names train images: the path below the train split's common folder (Flowers-102: the
+        file name; an image folder: class/file, since file names repeat across classes)."""
+        top = os.path.commonpath([p for p, _ in self.train]) if len(self.train) > 1 else ""
+        return [Path(os.path.relpath(p, top) if top else Path(p).name).as_posix() for p, _ in pairs]
+
+    def held_out(self, names) -> tuple[tuple[str, int], ...]:
+        """The train images a run kept out of training (`train --holdout`; the card's `train_keys`)."""
+        names = set(names)
+        pairs = tuple(p for p, key in zip(self.train, self.train_keys(self.train)) if key in names)
+        if len(pairs) != len(names):
+            raise ValueError(f"the card names {len(names)} held-out train images, but {len(pairs)} of them are in "
+                             f"{self.name}'s train split here: this is not the data the checkpoint was trained on")
+        return pairs
 
     def card(self, spec: str) -> dict:
         return {"name": self.name, "spec": spec, "num_classes": len(self.classes),

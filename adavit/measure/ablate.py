@@ -15,7 +15,11 @@ Rows on one checkpoint (parts that act at inference):
                weights, not fine-tuned for it
 Rows against a second checkpoint trained with the part (--variant NAME=PATH; train it with the same
 schedule as --checkpoint, its baseline): gate (learned gate), scorer (learned scorer), distill
-(self-distillation), hybrid (fine-tuned with windows; replaces the not-fine-tuned attention arm).
+(self-distillation), hybrid (fine-tuned with windows; replaces the not-fine-tuned attention arm),
+multires (trained with --train-resolutions 224,336; replaces the resolution row's 336 px arm).
+
+`--on holdout` measures on the train images the --checkpoint's run held out (`train --holdout N`, listed
+in its card) instead of val: the set to choose a recipe on. Every --variant must have held out the same.
 """
 from __future__ import annotations
 
@@ -45,7 +49,8 @@ BUDGETS = (0.27, 0.35)
 HIGH = 336  # the mixed-scale arm's side
 COMMAND = "python -m adavit ablate --json results/ablate.json"
 VARIANTS = {"gate": "learned gate (MSViT)", "scorer": "learned scorer (DynamicViT MLP)",
-            "distill": "self-distillation", "hybrid": "hybrid stage 1, fine-tuned"}
+            "distill": "self-distillation", "hybrid": "hybrid stage 1, fine-tuned",
+            "multires": f"mixed-scale {HIGH} px, trained at 224 and {HIGH} px"}
 
 
 def family(*, fines=(0.0, 0.1, 0.2, 0.3, 0.5), keeps1=(0.15, 0.25, 0.35, 0.5, 0.75, 1.0), keeps2=(0.25, 0.5, 1.0),
@@ -66,13 +71,12 @@ class Arm:
 def rows(variants: dict[str, str]) -> dict[str, tuple[Arm, Arm]]:
     """Each ablation as (without the part, with it)."""
     two = tuple(family())
+    high = tuple(family(fines=(0.0, 0.05, 0.1, 0.15, 0.2), resolution=HIGH))
     out = {
         "samplers": (Arm("one sampler (ATS1 only)", "base", tuple(family(keeps2=(1.0,)))),
                      Arm("two samplers", "base", two)),
         "fusion": (Arm("drop", "base", two), Arm("fuse", "base", tuple(family(fuse=True)))),
-        "resolution": (Arm("224 px", "base", two),
-                       Arm(f"mixed-scale {HIGH} px", "base",
-                           tuple(family(fines=(0.0, 0.05, 0.1, 0.15, 0.2), resolution=HIGH)), HIGH)),
+        "resolution": (Arm("224 px", "base", two), Arm(f"mixed-scale {HIGH} px", "base", high, HIGH)),
         "attention": (Arm("global stage 1", "base", two),
                       Arm("hybrid stage 1 (not fine-tuned)", "windows", two)),
     }
@@ -80,6 +84,8 @@ def rows(variants: dict[str, str]) -> dict[str, tuple[Arm, Arm]]:
         with_part = Arm(VARIANTS[name], name, two)
         if name == "hybrid":
             out["attention"] = (out["attention"][0], with_part)
+        elif name == "multires":  # the question is whether 336 px now beats 224 px at the same GFLOPs
+            out["resolution"] = (out["resolution"][0], Arm(VARIANTS[name], name, high, HIGH))
         else:
             out[name] = (Arm(f"without {VARIANTS[name]}", "base", two), with_part)
     return out
@@ -108,6 +114,21 @@ def parse_variants(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def held_out_files(base: Path, variants: dict[str, str]) -> tuple[str, ...]:
+    """The base run's held-out train images, which every variant must also have held out."""
+    selection = checkpoint.read_card(base).get("selection") or {}
+    names = tuple(selection.get("holdout_files") or ())
+    if not names:
+        raise ValueError(f"--on holdout: the card of {base} records no held-out train images (train it with "
+                         "--holdout N), so there is no selection set but val")
+    for name, path in variants.items():
+        theirs = (checkpoint.read_card(Path(path)).get("selection") or {}).get("holdout_files") or ()
+        if set(theirs) != set(names):
+            raise ValueError(f"--on holdout: --variant {name} did not hold out the same train images as {base} "
+                             "(train both with the same --holdout and --seed), so it may have trained on them")
+    return names
+
+
 def run(args: argparse.Namespace) -> dict:
     t0, load_at_start = time.time(), list(os.getloadavg())
     variants = parse_variants(args.variant)
@@ -115,6 +136,7 @@ def run(args: argparse.Namespace) -> dict:
     models = load_models(base, variants)
     spec, data_seed = data.card_data(checkpoint.read_card(base), args.data)
     root = data.resolve_data_root(args.data_root) if spec == data.labelled.FLOWERS else None
+    held = held_out_files(base, variants) if args.on == "holdout" else ()
     table = rows(variants)
     if args.rows:
         unknown = set(args.rows) - set(table)
@@ -123,7 +145,7 @@ def run(args: argparse.Namespace) -> dict:
                              "(gate, scorer and distill need their --variant)")
         table = {k: v for k, v in table.items() if k in args.rows}
     sides = sorted({arm.resolution for pair in table.values() for arm in pair})
-    splits = {side: load_split(root, args.select_per_class, SEED, 0, args.per_class, spec, data_seed, side)
+    splits = {side: load_split(root, args.select_per_class, SEED, 0, args.per_class, spec, data_seed, side, held)
               for side in sides}
     split = splits[224]
     out_path = Path(args.json)
@@ -159,13 +181,14 @@ def run(args: argparse.Namespace) -> dict:
             for p in arm["points"]:
                 p.pop("_strategy", None)
                 p["latency_ms_b1"] = lat.get((row, arm["arm"], p["budget"]))
+    where = "held-out train images" if held else "val images"
     return {
-        "budgets": list(args.budgets), "rows": results,
+        "on": args.on, "budgets": list(args.budgets), "rows": results,
         "full": {"top1": full_scores["top1"], "weighted_f1": full_scores["weighted_f1"], "gflops": full_gflops},
         "checkpoints": {k: str(p) for k, (_, p) in models.items() if k != "windows"},
         "protocol": {
-            "select": f"{len(split.select)} val images, {args.select_per_class} per class (stratified, seed {SEED})",
-            "report": f"the other {len(split.report)} val images", "all": f"{len(split.targets)} val images",
+            "select": f"{len(split.select)} {where}, {args.select_per_class} per class (stratified, seed {SEED})",
+            "report": f"the other {len(split.report)} {where}", "all": f"{len(split.targets)} {where}",
             "candidates_per_budget": args.candidates, "gflops": f"mean per image; {CONVENTION}",
             "budgets": "shares of the full-token GFLOPs at 224 px",
             "latency": f"median ms, batch 1, {args.latency_runs} alternating rounds, {torch.get_num_threads()} threads",
@@ -175,8 +198,11 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def markdown(out: dict) -> str:
-    lines = [f"Every token at 224 px: top-1 {100 * out['full']['top1']:.2f}%, {out['full']['gflops']:.2f} GFLOPs.", "",
-             "| ablation | arm | budget | top-1 (all val) | top-1 (report half) | weighted F1 | GFLOPs | batch-1 ms |",
+    on = "held-out" if out.get("on") == "holdout" else "val"
+    lines = [f"On {out['protocol']['all']}. Every token at 224 px: top-1 {100 * out['full']['top1']:.2f}%, "
+             f"{out['full']['gflops']:.2f} GFLOPs.", "",
+             f"| ablation | arm | budget | top-1 (all {on}) | top-1 (report half) | weighted F1 | GFLOPs "
+             "| batch-1 ms |",
              "|---|---|---|---|---|---|---|---|"]
     for row, arms in out["rows"].items():
         for arm in arms:
@@ -203,6 +229,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="flowers102 or imagefolder:DIR (default: the checkpoint card's)")
     p.add_argument("--data-root", default=None, help="folder holding flowers-102/ (default: $ADAVIT_DATA or "
                    "../shared/data)")
+    p.add_argument("--on", choices=("val", "holdout"), default="val",
+                   help="val (report), or holdout: the train images the --checkpoint's run held out (train "
+                        "--holdout N; its card lists them), the set to choose a recipe on without looking at val")
     p.add_argument("--per-class", type=int, default=None, help="only N val images per class (quick checks)")
     p.add_argument("--select-per-class", type=int, default=SELECT_PER_CLASS)
     p.add_argument("--budgets", type=floats, default=list(BUDGETS), help="shares of the full-token GFLOPs")

