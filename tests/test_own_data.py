@@ -251,9 +251,10 @@ def test_ablate_compares_arms_at_matched_gflops_and_writes_the_table(folder, tmp
     out = tmp_path / "ablate.json"
     args = ["--checkpoint", str(base), "--json", str(out), "--budgets", "0.35", "--candidates", "1", "--probe", "1",
             "--select-per-class", "2", "--latency-runs", "1", "--threads", "2"]
-    assert ablate([*args, "--variant", f"gate={gated}", "--rows", "fusion,gate"]) == 0
+    assert ablate([*args, "--variant", f"gate={gated}", "--rows", "fusion,gate,positions"]) == 0
     res = json.loads(out.read_text())
-    assert list(res["rows"]) == ["fusion", "gate"] and res["protocol"]["all"] == "20 val images"
+    assert list(res["rows"]) == ["fusion", "positions", "gate"] and res["protocol"]["all"] == "20 val images"
+    assert [arm["model"] for arm in res["rows"]["positions"]] == ["base", "early"]
     for row in res["rows"].values():
         a, b = (arm["points"][0] for arm in row)
         assert abs(a["gflops"] / b["gflops"] - 1) < 0.1  # matched compute

@@ -13,6 +13,8 @@ Rows on one checkpoint (parts that act at inference):
   resolution   224 px vs mixed-scale at 336 px (images decoded at 336, low fine ratios)
   attention    global-only stage 1 vs GC-ViT hybrid (windows of 4x4 regions, 112 px for patch 14), same
                weights, not fine-tuned for it
+  positions    samplers where trained (after blocks 4 and 8 of 12) vs after 1/4 and 1/2 of the blocks (3 and
+               6), same weights
 Rows against a second checkpoint trained with the part (--variant NAME=PATH; train it with the same
 schedule as --checkpoint, its baseline): gate (learned gate), scorer (learned scorer), distill
 (self-distillation), hybrid (fine-tuned with windows; replaces the not-fine-tuned attention arm),
@@ -79,6 +81,8 @@ def rows(variants: dict[str, str]) -> dict[str, tuple[Arm, Arm]]:
         "resolution": (Arm("224 px", "base", two), Arm(f"mixed-scale {HIGH} px", "base", high, HIGH)),
         "attention": (Arm("global stage 1", "base", two),
                       Arm("hybrid stage 1 (not fine-tuned)", "windows", two)),
+        "positions": (Arm("samplers where trained", "base", two),
+                      Arm("samplers after 1/4 and 1/2 of the blocks (not fine-tuned)", "early", two)),
     }
     for name in variants:
         with_part = Arm(VARIANTS[name], name, two)
@@ -97,6 +101,10 @@ def load_models(base: Path, variants: dict[str, str]) -> dict[str, tuple[AdaViT,
     windowed = AdaViT.create(dataclasses.replace(cfg, windows=(4 * models["base"][0].region, 0, 0)))
     windowed.load_state_dict(models["base"][0].state_dict())
     models["windows"] = (windowed.eval(), base)
+    q = max(1, sum(cfg.stages) // 4)  # the positions row: same weights, samplers after 1/4 and 1/2 of the blocks
+    early = AdaViT.create(dataclasses.replace(cfg, stages=(q, q, sum(cfg.stages) - 2 * q)))
+    early.load_state_dict(models["base"][0].state_dict())
+    models["early"] = (early.eval(), base)
     for name, path in variants.items():
         models[name] = (checkpoint.load_model(path), Path(path))
     return models
@@ -185,7 +193,7 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "on": args.on, "budgets": list(args.budgets), "rows": results,
         "full": {"top1": full_scores["top1"], "weighted_f1": full_scores["weighted_f1"], "gflops": full_gflops},
-        "checkpoints": {k: str(p) for k, (_, p) in models.items() if k != "windows"},
+        "checkpoints": {k: str(p) for k, (_, p) in models.items() if k not in ("windows", "early")},
         "protocol": {
             "select": f"{len(split.select)} {where}, {args.select_per_class} per class (stratified, seed {SEED})",
             "report": f"the other {len(split.report)} {where}", "all": f"{len(split.targets)} {where}",
