@@ -255,6 +255,9 @@ def test_ablate_compares_arms_at_matched_gflops_and_writes_the_table(folder, tmp
     res = json.loads(out.read_text())
     assert list(res["rows"]) == ["fusion", "positions", "gate"] and res["protocol"]["all"] == "20 val images"
     assert [arm["model"] for arm in res["rows"]["positions"]] == ["base", "early"]
+    pair = res["rows"]["gate"][1]["points"][0]["paired"]  # the with-part arm, against the other, image by image
+    a, b = (arm["points"][0] for arm in res["rows"]["gate"])
+    assert pair["gained"] - pair["lost"] == round((b["top1"] - a["top1"]) * 20) and 0 < pair["p_value"] <= 1
     for row in res["rows"].values():
         a, b = (arm["points"][0] for arm in row)
         assert abs(a["gflops"] / b["gflops"] - 1) < 0.1  # matched compute
@@ -305,3 +308,14 @@ def test_ablate_on_the_held_out_train_images_its_cards_name(folder, tmp_path, ca
     assert "records no held-out train images" in capsys.readouterr().err
     with pytest.raises(ValueError, match="not the data the checkpoint was trained on"):
         d.held_out([*keys, "nowhere/x.jpg"])
+
+
+def test_paired_counts_the_images_only_one_arm_gets_right():
+    from adavit.measure.metrics import paired
+
+    a = np.array([1, 1, 0, 0, 1, 0], bool)
+    b = np.array([1, 0, 1, 1, 1, 1], bool)
+    out = paired(a, b)
+    assert (out["gained"], out["lost"]) == (3, 1) and out["p_value"] == pytest.approx(0.625)  # 2 * 5/16
+    assert paired(a, a) == {"gained": 0, "lost": 0, "p_value": 1.0}
+    assert paired(np.zeros(20, bool), np.ones(20, bool))["p_value"] == pytest.approx(2 * 0.5**20)

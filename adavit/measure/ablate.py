@@ -122,6 +122,12 @@ def parse_variants(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def correct(cache: Cache, model, strategy, split, batch: int) -> np.ndarray:
+    """Per image of the split (select half, then report half): right or wrong. From the cache."""
+    preds = [evaluated(cache, model, strategy, split, half, batch)["preds"] for half in ("select", "report")]
+    return np.concatenate(preds) == split.targets[np.concatenate([split.select, split.report])]
+
+
 def held_out_files(base: Path, variants: dict[str, str]) -> tuple[str, ...]:
     """The base run's held-out train images, which every variant must also have held out."""
     selection = checkpoint.read_card(base).get("selection") or {}
@@ -177,6 +183,8 @@ def run(args: argparse.Namespace) -> dict:
             for p in pts:
                 if p.get("settings"):
                     chosen[(row, arm.label, p["budget"])] = (m, p["_strategy"], s.images[:1])
+                    p["_correct"] = correct(caches[(arm.model, arm.resolution)], m, p["_strategy"], s,
+                                            args.batch_size)
             results[row].append({"arm": arm.label, "model": arm.model, "points": pts})
             best = [f"{p['budget']:.0%}: {100 * p['top1']:.2f}%" for p in pts if p.get("settings")]
             print(f"{row} / {arm.label}: {', '.join(best)}", flush=True)
@@ -184,10 +192,15 @@ def run(args: argparse.Namespace) -> dict:
     if args.latency_runs:
         fns = {k: (lambda m=m, st=st, x=x: st.forward(m, x)) for k, (m, st, x) in chosen.items()}
         lat = interleaved_medians(fns, args.latency_runs)
+    for without, with_ in results.values():  # paired on the same images, budget by budget
+        for a, b in zip(without["points"], with_["points"]):
+            if "_correct" in a and "_correct" in b:
+                b["paired"] = metrics.paired(a["_correct"], b["_correct"])
     for row, arms in results.items():
         for arm in arms:
             for p in arm["points"]:
                 p.pop("_strategy", None)
+                p.pop("_correct", None)
                 p["latency_ms_b1"] = lat.get((row, arm["arm"], p["budget"]))
     where = "held-out train images" if held else "val images"
     return {
@@ -210,18 +223,20 @@ def markdown(out: dict) -> str:
     lines = [f"On {out['protocol']['all']}. Every token at 224 px: top-1 {100 * out['full']['top1']:.2f}%, "
              f"{out['full']['gflops']:.2f} GFLOPs.", "",
              f"| ablation | arm | budget | top-1 (all {on}) | top-1 (report half) | weighted F1 | GFLOPs "
-             "| batch-1 ms |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| batch-1 ms | images gained / lost with the part (McNemar p) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row, arms in out["rows"].items():
         for arm in arms:
             for p in arm["points"]:
                 if not p.get("settings"):
-                    lines.append(f"| {row} | {arm['arm']} | {p['budget']:.0%} | n/a: {p.get('missing')} | | | | |")
+                    lines.append(f"| {row} | {arm['arm']} | {p['budget']:.0%} | n/a: {p.get('missing')} | | | | | |")
                     continue
                 ms = f"{p['latency_ms_b1']:.1f}" if p.get("latency_ms_b1") is not None else "n/a"
+                q = p.get("paired")
+                pair = f"+{q['gained']} / -{q['lost']} (p = {q['p_value']:.2f})" if q else ""
                 lines.append(f"| {row} | {arm['arm']} | {p['budget']:.0%} | {100 * p['top1']:.2f}% | "
                              f"{100 * p['top1_report']:.2f}% | {100 * p['weighted_f1']:.2f}% | {p['gflops']:.2f} | "
-                             f"{ms} |")
+                             f"{ms} | {pair} |")
     return "\n".join(lines)
 
 

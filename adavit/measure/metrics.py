@@ -11,6 +11,7 @@ from typing import TypeVar
 
 import numpy as np
 import plotly.graph_objects as go
+from scipy.stats import binomtest
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
 T = TypeVar("T")
@@ -34,6 +35,15 @@ def classification(targets: np.ndarray, preds: np.ndarray, names: Sequence[str])
         "weighted_f1": float(f1_score(targets, preds, labels=labels, average="weighted", zero_division=0)),
         "per_class": per_class,
     }
+
+
+def paired(without: np.ndarray, with_: np.ndarray) -> dict:
+    """Two arms' per-image correctness on the same images: the images only one of them gets right, and
+    McNemar's exact two-sided p-value (a binomial test on those discordant images). Two top-1s that
+    differ by a point on 1020 images can be 10 images against 0 or 60 against 50; only this says which."""
+    gained, lost = int((with_ & ~without).sum()), int((without & ~with_).sum())
+    p = float(binomtest(gained, gained + lost, 0.5).pvalue) if gained + lost else 1.0
+    return {"gained": gained, "lost": lost, "p_value": p}
 
 
 def confusion(targets: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
