@@ -165,3 +165,16 @@ def test_ablate_multires_variant_replaces_the_high_resolution_arm():
     assert plain["resolution"][1].model == "base" and trained["resolution"][1].model == "multires"
     assert trained["resolution"][1].resolution == HIGH and trained["resolution"][0] == plain["resolution"][0]
     assert trained["resolution"][1].candidates == plain["resolution"][1].candidates and "multires" not in trained
+
+
+def test_training_ranges_are_flags_and_checked(capsys):
+    from adavit.train.recipe import parse_args
+
+    args = parse_args(["--fine-range", "0,0.5", "--keep-range", "0.15,0.75"])
+    assert (args.fine_range, args.keep_range) == ((0.0, 0.5), (0.15, 0.75))
+    assert (parse_args([]).fine_range, parse_args([]).keep_range) == (SettingsRange.fine_ratio, SettingsRange.keep)
+    for flag, bad in (("--fine-range", "0.5,0.2"), ("--keep-range", "0,0.5"), ("--fine-range", "a")):
+        with pytest.raises(SystemExit):
+            parse_args([flag, bad])
+    err = capsys.readouterr().err
+    assert "need 0 <= LO <= HI <= 1, got '0.5,0.2'" in err and "need 0.01 <= LO" in err and "expected LO,HI" in err

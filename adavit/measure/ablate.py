@@ -18,7 +18,8 @@ Rows on one checkpoint (parts that act at inference):
 Rows against a second checkpoint trained with the part (--variant NAME=PATH; train it with the same
 schedule as --checkpoint, its baseline): gate (learned gate), scorer (learned scorer), distill
 (self-distillation), hybrid (fine-tuned with windows; replaces the not-fine-tuned attention arm),
-multires (trained with --train-resolutions 224,336; replaces the resolution row's 336 px arm).
+multires (trained with --train-resolutions 224,336; replaces the resolution row's 336 px arm), budget
+(trained with --fine-range / --keep-range narrowed toward the compared budgets).
 
 `--on holdout` measures on the train images the --checkpoint's run held out (`train --holdout N`, listed
 in its card) instead of val: the set to choose a recipe on. Every --variant must have held out the same.
@@ -52,7 +53,8 @@ HIGH = 336  # the mixed-scale arm's side
 COMMAND = "python -m adavit ablate --json results/ablate.json"
 VARIANTS = {"gate": "learned gate (MSViT)", "scorer": "learned scorer (DynamicViT MLP)",
             "distill": "self-distillation", "hybrid": "hybrid stage 1, fine-tuned",
-            "multires": f"mixed-scale {HIGH} px, trained at 224 and {HIGH} px"}
+            "multires": f"mixed-scale {HIGH} px, trained at 224 and {HIGH} px",
+            "budget": "training settings drawn near the compared budgets"}
 
 
 def family(*, fines=(0.0, 0.1, 0.2, 0.3, 0.5), keeps1=(0.15, 0.25, 0.35, 0.5, 0.75, 1.0), keeps2=(0.25, 0.5, 1.0),

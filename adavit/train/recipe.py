@@ -95,6 +95,17 @@ class InMemory(Dataset):
         return self.transform(img), label
 
 
+def unit_range(text: str, keep: bool = False) -> tuple[float, float]:
+    """LO,HI within [0, 1]; a keep ratio must stay above 0 (a sampler keeps at least one token)."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI, got {text!r}") from None
+    if not 0 <= lo <= hi <= 1 or (keep and lo < 0.01):
+        raise argparse.ArgumentTypeError(f"need {'0.01' if keep else '0'} <= LO <= HI <= 1, got {text!r}")
+    return lo, hi
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="adavit train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -119,6 +130,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resolution", type=int, default=224)
     p.add_argument("--full-tokens", action="store_true", help="train with every token (the timing baseline)")
     p.add_argument("--p-default", type=float, default=0.3, help="share of batches at the default setting")
+    p.add_argument("--fine-range", type=unit_range, default=SettingsRange.fine_ratio, metavar="LO,HI",
+                   help="the fine ratio each batch draws, uniform in [LO, HI] (default 0.15,1)")
+    p.add_argument("--keep-range", type=lambda t: unit_range(t, keep=True), default=SettingsRange.keep, metavar="LO,HI",
+                   help="keep1 and keep2, each uniform in [LO, HI] (default 0.2,1)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu or cuda")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for augmentation")
@@ -353,7 +368,7 @@ def train(args, world: distributed.World, device: torch.device) -> int:
     # so the global batch of a step is the same images whether 1 or N processes share it
     sampler = DistributedSampler(train_set, num_replicas=world.size, rank=world.rank, shuffle=True, seed=args.seed)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    ranges = SettingsRange(p_default=args.p_default)
+    ranges = SettingsRange(args.fine_range, args.keep_range, p_default=args.p_default)
     default = Settings(**{**asdict(DEFAULT_SETTINGS), "resolution": args.resolution})
     for epoch in range(start, args.epochs):
         seed_all(args.seed * 1000 + epoch)  # resuming at an epoch replays exactly that epoch
