@@ -264,7 +264,8 @@ def test_ablate_compares_arms_at_matched_gflops_and_writes_the_table(folder, tmp
         assert a["latency_ms_b1"] > 0 and 0 <= a["top1"] <= 1
     assert [arm["model"] for arm in res["rows"]["gate"]] == ["base", "gate"]
     table = out.with_suffix(".md").read_text()
-    assert "| gate | learned gate (MSViT) | 35% |" in table and "python -m adavit ablate" in table
+    assert "| gate | learned gate (MSViT) | 35% |" in table and "python -m adavit ablate --checkpoint" in table
+    assert "--rows fusion,gate,positions" in table and res["command"].endswith("--rows fusion,gate,positions")
     assert ablate([*args, "--rows", "scorer"]) == 2  # that row needs its --variant
     assert ablate([*args, "--variant", "gate=/nowhere.safetensors"]) == 2
 

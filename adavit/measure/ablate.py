@@ -19,7 +19,8 @@ Rows against a second checkpoint trained with the part (--variant NAME=PATH; tra
 schedule as --checkpoint, its baseline): gate (learned gate), scorer (learned scorer), distill
 (self-distillation), hybrid (fine-tuned with windows; replaces the not-fine-tuned attention arm),
 multires (trained with --train-resolutions 224,336; replaces the resolution row's 336 px arm), budget
-(trained with --fine-range / --keep-range narrowed toward the compared budgets).
+(trained with --fine-range / --keep-range narrowed toward the compared budgets), candidate (a recipe
+with several parts on: does the sum hold?).
 
 `--on holdout` measures on the train images the --checkpoint's run held out (`train --holdout N`, listed
 in its card) instead of val: the set to choose a recipe on. Every --variant must have held out the same.
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -50,11 +52,11 @@ from .sweep import floats
 
 BUDGETS = (0.27, 0.35)
 HIGH = 336  # the mixed-scale arm's side
-COMMAND = "python -m adavit ablate --json results/ablate.json"
 VARIANTS = {"gate": "learned gate (MSViT)", "scorer": "learned scorer (DynamicViT MLP)",
             "distill": "self-distillation", "hybrid": "hybrid stage 1, fine-tuned",
             "multires": f"mixed-scale {HIGH} px, trained at 224 and {HIGH} px",
-            "budget": "training settings drawn near the compared budgets"}
+            "budget": "training settings drawn near the compared budgets",
+            "candidate": "the candidate recipe (the parts that won alone, together)"}
 
 
 def family(*, fines=(0.0, 0.1, 0.2, 0.3, 0.5), keeps1=(0.15, 0.25, 0.35, 0.5, 0.75, 1.0), keeps2=(0.25, 0.5, 1.0),
@@ -216,7 +218,7 @@ def run(args: argparse.Namespace) -> dict:
             "budgets": "shares of the full-token GFLOPs at 224 px",
             "latency": f"median ms, batch 1, {args.latency_runs} alternating rounds, {torch.get_num_threads()} threads",
         },
-        "command": COMMAND, "wall_time_s": round(time.time() - t0, 1), "machine": machine(load_at_start),
+        "command": args.command, "wall_time_s": round(time.time() - t0, 1), "machine": machine(load_at_start),
     }
 
 
@@ -269,7 +271,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = cli.parse(parser(), argv)
+    args.command = shlex.join(["python", "-m", "adavit", "ablate", *argv])  # what regenerates this table
     try:
         if any(not 0 < b <= 1 for b in args.budgets):
             raise ValueError(f"budgets are shares of the full-token GFLOPs in (0, 1], got {args.budgets}")
@@ -277,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    metrics.write_report(args.json, out, f"{markdown(out)}\n\nRegenerate: `{COMMAND}`", args.markdown)
+    metrics.write_report(args.json, out, f"{markdown(out)}\n\nRegenerate: `{args.command}`", args.markdown)
     return 0
 
 
