@@ -265,6 +265,8 @@ def test_ablate_compares_arms_at_matched_gflops_and_writes_the_table(folder, tmp
     assert [arm["model"] for arm in res["rows"]["gate"]] == ["base", "gate"]
     table = out.with_suffix(".md").read_text()
     assert "| gate | learned gate (MSViT) | 35% |" in table and "python -m adavit ablate --checkpoint" in table
+    gap = f"{100 * (b['top1'] - a['top1']):+.2f} pts (+{pair['gained']} / -{pair['lost']}"
+    assert f"| gate: learned gate (MSViT) | {gap}" in table  # the summary: one line per part
     assert "--rows fusion,gate,positions" in table and res["command"].endswith("--rows fusion,gate,positions")
     assert ablate([*args, "--rows", "scorer"]) == 2  # that row needs its --variant
     assert ablate([*args, "--variant", "gate=/nowhere.safetensors"]) == 2

@@ -241,6 +241,26 @@ def markdown(out: dict) -> str:
                 lines.append(f"| {row} | {arm['arm']} | {p['budget']:.0%} | {100 * p['top1']:.2f}% | "
                              f"{100 * p['top1_report']:.2f}% | {100 * p['weighted_f1']:.2f}% | {p['gflops']:.2f} | "
                              f"{ms} | {pair} |")
+    return summary(out) + "\n\n" + "\n".join(lines)
+
+
+def summary(out: dict) -> str:
+    """One line per part: top-1 with it minus without, per budget, and the paired image counts."""
+    budgets = out["budgets"]
+    lines = ["| part (with it, against without) | " + " | ".join(f"{b:.0%}" for b in budgets) + " |",
+             "|---|" + "---|" * len(budgets)]
+    for row, (without, with_) in out["rows"].items():
+        cells = []
+        for b in budgets:
+            a = next((p for p in without["points"] if p["budget"] == b), {})
+            p = next((p for p in with_["points"] if p["budget"] == b), {})
+            if not (a.get("settings") and p.get("settings")):
+                cells.append("n/a")
+                continue
+            q = p.get("paired") or {}
+            cells.append(f"{100 * (p['top1'] - a['top1']):+.2f} pts (+{q.get('gained')} / -{q.get('lost')}, "
+                         f"p = {q.get('p_value', 1):.2f})")
+        lines.append(f"| {row}: {with_['arm']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
