@@ -311,6 +311,17 @@ def test_ablate_on_the_held_out_train_images_its_cards_name(folder, tmp_path, ca
     assert "records no held-out train images" in capsys.readouterr().err
     with pytest.raises(ValueError, match="not the data the checkpoint was trained on"):
         d.held_out([*keys, "nowhere/x.jpg"])
+    from adavit.measure.compare import main as compare
+
+    cmp_args = ["--checkpoint", str(base), "--json", str(tmp_path / "cmp.json"), "--on", "holdout",
+                "--strategies", "adavit,resolution", "--budgets", "0.35", "--candidates", "1", "--probe", "1",
+                "--select-per-class", "1", "--latency-runs", "0", "--threads", "2"]
+    assert compare(cmp_args) == 0
+    res = json.loads((tmp_path / "cmp.json").read_text())
+    assert res["on"] == "holdout" and res["protocol"]["all"] == "10 held-out train images"
+    assert "On 10 held-out train images." in (tmp_path / "cmp.md").read_text()
+    assert compare([*cmp_args, "--update-card"]) == 2
+    assert "without --on holdout" in capsys.readouterr().err
 
 
 def test_paired_counts_the_images_only_one_arm_gets_right():

@@ -46,7 +46,7 @@ from ..core.strategies import make
 from ..weights import checkpoint
 from . import cli, metrics
 from .bench import interleaved_medians, machine
-from .compare import SEED, SELECT_PER_CLASS, Cache, choose, evaluated, fingerprint, load_split, score
+from .compare import SEED, SELECT_PER_CLASS, Cache, choose, evaluated, fingerprint, held_out_files, load_split, score
 from .flops import CONVENTION
 from .sweep import floats
 
@@ -130,21 +130,6 @@ def correct(cache: Cache, model, strategy, split, batch: int) -> np.ndarray:
     """Per image of the split (select half, then report half): right or wrong. From the cache."""
     preds = [evaluated(cache, model, strategy, split, half, batch)["preds"] for half in ("select", "report")]
     return np.concatenate(preds) == split.targets[np.concatenate([split.select, split.report])]
-
-
-def held_out_files(base: Path, variants: dict[str, str]) -> tuple[str, ...]:
-    """The base run's held-out train images, which every variant must also have held out."""
-    selection = checkpoint.read_card(base).get("selection") or {}
-    names = tuple(selection.get("holdout_files") or ())
-    if not names:
-        raise ValueError(f"--on holdout: the card of {base} records no held-out train images (train it with "
-                         "--holdout N), so there is no selection set but val")
-    for name, path in variants.items():
-        theirs = (checkpoint.read_card(Path(path)).get("selection") or {}).get("holdout_files") or ()
-        if set(theirs) != set(names):
-            raise ValueError(f"--on holdout: --variant {name} did not hold out the same train images as {base} "
-                             "(train both with the same --holdout and --seed), so it may have trained on them")
-    return names
 
 
 def run(args: argparse.Namespace) -> dict:

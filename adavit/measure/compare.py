@@ -268,6 +268,21 @@ def latencies(model, chosen: dict[str, object], images: torch.Tensor, runs_b1: i
     return {k: (b1[k], b32[k]) for k in chosen}
 
 
+def held_out_files(base: Path, variants: dict[str, str] | None = None) -> tuple[str, ...]:
+    """The base run's held-out train images, which every variant must also have held out."""
+    selection = checkpoint.read_card(base).get("selection") or {}
+    names = tuple(selection.get("holdout_files") or ())
+    if not names:
+        raise ValueError(f"--on holdout: the card of {base} records no held-out train images (train it with "
+                         "--holdout N), so there is no selection set but val")
+    for name, path in (variants or {}).items():
+        theirs = (checkpoint.read_card(Path(path)).get("selection") or {}).get("holdout_files") or ()
+        if set(theirs) != set(names):
+            raise ValueError(f"--on holdout: --variant {name} did not hold out the same train images as {base} "
+                             "(train both with the same --holdout and --seed), so it may have trained on them")
+    return names
+
+
 def run(args: argparse.Namespace) -> dict:
     t0 = time.time()
     load_at_start = list(os.getloadavg())
@@ -275,7 +290,10 @@ def run(args: argparse.Namespace) -> dict:
     model = checkpoint.load_model(weights)
     spec, data_seed = data.card_data(checkpoint.read_card(weights), args.data)
     root = data.resolve_data_root(args.data_root) if spec == data.labelled.FLOWERS else None
-    split = load_split(root, args.select_per_class, args.seed, args.workers, args.per_class, spec, data_seed)
+    held = held_out_files(weights) if args.on == "holdout" else ()
+    split = load_split(root, args.select_per_class, args.seed, args.workers, args.per_class, spec, data_seed,
+                       RESOLUTION, held)
+    where = "held-out train images" if held else "val images"
     cache = Cache(Path(str(args.json) + ".cache.jsonl"), fingerprint(weights, split))
     full = make("resolution", size=(RESOLUTION, RESOLUTION))
     row = evaluated(cache, model, full, split, "all", args.batch_size)
@@ -300,14 +318,14 @@ def run(args: argparse.Namespace) -> dict:
             p["latency_ms_b1"], p["latency_ms_b32"] = b1, b32
     b1, b32 = lat.get("full", (None, None))
     return {
-        "budgets": list(args.budgets),
+        "on": args.on, "budgets": list(args.budgets),
         "full": {"settings": describe(full), "top1": full_scores["top1"], "weighted_f1": full_scores["weighted_f1"],
                  "gflops": full_gflops, "latency_ms_b1": b1, "latency_ms_b32": b32},
         "strategies": strategies,
         "protocol": {
-            "select": f"{len(split.select)} val images, {args.select_per_class} per class "
+            "select": f"{len(split.select)} {where}, {args.select_per_class} per class "
                       f"(stratified, seed {args.seed})",
-            "report": f"the other {len(split.report)} val images", "all": f"{len(split.targets)} val images",
+            "report": f"the other {len(split.report)} {where}", "all": f"{len(split.targets)} {where}",
             "tolerance": TOLERANCE, "candidates_per_budget": args.candidates, "probe_images": len(probe),
             "gflops": f"mean per image; {CONVENTION}", "resolution": RESOLUTION,
             "latency": f"median ms, batch 1 ({args.latency_runs} rounds) and batch 32 ({args.latency_runs_b32} "
@@ -343,6 +361,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="flowers102 or imagefolder:DIR (default: the checkpoint card's data)")
     p.add_argument("--data-root", default=None,
                    help="folder holding flowers-102/ (default: $ADAVIT_DATA or ../shared/data)")
+    p.add_argument("--on", choices=("val", "holdout"), default="val",
+                   help="val (report), or holdout: the train images the checkpoint's run held out (train --holdout "
+                        "N; its card lists them), to choose a recipe by its margin without looking at val")
     p.add_argument("--per-class", type=int, default=None,
                    help="quick check: only N val images per class (the select half takes --select-per-class of them)")
     p.add_argument("--checkpoint", default=None, help=f"weights (default {checkpoint.SHIPPED})")
@@ -365,6 +386,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = cli.parse(parser(), argv)
     if any(not 0 < b <= 1 for b in args.budgets):
         print(f"error: budgets are shares of the full-token GFLOPs in (0, 1], got {args.budgets}", file=sys.stderr)
+        return 2
+    if args.on == "holdout" and args.update_card:
+        print("error: --update-card stores the val comparison in the card; run it without --on holdout",
+              file=sys.stderr)
         return 2
     try:
         out = run(args)

@@ -77,7 +77,8 @@ def markdown(out: dict) -> str:
     f = out["full"]
     lines += [
         "",
-        f"Every token: {100 * f['top1']:.2f}% top-1 at {f['gflops']:.2f} GFLOPs. Cells: top-1 on all val "
+        f"On {out['protocol']['all']}. Every token: {100 * f['top1']:.2f}% top-1 at {f['gflops']:.2f} GFLOPs. "
+        "Cells: top-1 on all of them "
         f"(on the report half) @ mean GFLOPs. Settings chosen on the select half: {out['protocol']['select']}; "
         f"the report half is {out['protocol']['report']}. GFLOPs: {out['protocol']['gflops']}.",
         f"Command: `{out['command']}`",
