@@ -322,6 +322,9 @@ def test_ablate_on_the_held_out_train_images_its_cards_name(folder, tmp_path, ca
     assert "On 10 held-out train images." in (tmp_path / "cmp.md").read_text()
     assert compare([*cmp_args, "--update-card"]) == 2
     assert "without --on holdout" in capsys.readouterr().err
+    windowed = save("windowed.safetensors", {"holdout_files": keys}, windows=(112, 0, 0))
+    assert compare([*cmp_args[2:], "--checkpoint", str(windowed)]) == 2  # its peers would run without windows
+    assert "local attention windows (112, 0, 0)" in capsys.readouterr().err
 
 
 def test_paired_counts_the_images_only_one_arm_gets_right():

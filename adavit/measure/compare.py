@@ -288,6 +288,10 @@ def run(args: argparse.Namespace) -> dict:
     load_at_start = list(os.getloadavg())
     weights = Path(args.checkpoint) if args.checkpoint else checkpoint.SHIPPED
     model = checkpoint.load_model(weights)
+    if any(model.config.windows):  # the peers run timm's blocks with global attention only
+        raise ValueError(f"{weights} has local attention windows {model.config.windows}; the other strategies would "
+                         "run it with global attention only, which is not the same network, so the comparison "
+                         "would flatter AdaViT. Compare a checkpoint without windows (adavit ablate measures them)")
     spec, data_seed = data.card_data(checkpoint.read_card(weights), args.data)
     root = data.resolve_data_root(args.data_root) if spec == data.labelled.FLOWERS else None
     held = held_out_files(weights) if args.on == "holdout" else ()
