@@ -320,6 +320,7 @@ def test_ablate_on_the_held_out_train_images_its_cards_name(folder, tmp_path, ca
     res = json.loads((tmp_path / "cmp.json").read_text())
     assert res["on"] == "holdout" and res["protocol"]["all"] == "10 held-out train images"
     assert "On 10 held-out train images." in (tmp_path / "cmp.md").read_text()
+    assert res["command"] == "python -m adavit compare " + " ".join(cmp_args)  # what regenerates it
     assert compare([*cmp_args, "--update-card"]) == 2
     assert "without --on holdout" in capsys.readouterr().err
     windowed = save("windowed.safetensors", {"holdout_files": keys}, windows=(112, 0, 0))

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -276,9 +275,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
     args = cli.parse(parser(), argv)
-    args.command = shlex.join(["python", "-m", "adavit", "ablate", *argv])  # what regenerates this table
     try:
         if any(not 0 < b <= 1 for b in args.budgets):
             raise ValueError(f"budgets are shares of the full-token GFLOPs in (0, 1], got {args.budgets}")

@@ -43,7 +43,6 @@ AIM = 0.035  # candidates are costed on a few images; aim inside the tolerance t
 SELECT_PER_CLASS = 5
 SEED = 0
 RESOLUTION = 224
-COMMAND = "python -m adavit compare --json results/compare.json --html results/compare.html"
 
 
 # ---------------------------------------------------------------- the grids
@@ -335,7 +334,7 @@ def run(args: argparse.Namespace) -> dict:
             "latency": f"median ms, batch 1 ({args.latency_runs} rounds) and batch 32 ({args.latency_runs_b32} "
                        f"rounds), all points in alternating rounds, {torch.get_num_threads()} threads",
         },
-        "checkpoint": str(weights), "command": COMMAND, "wall_time_s": round(time.time() - t0, 1),
+        "checkpoint": str(weights), "command": args.command, "wall_time_s": round(time.time() - t0, 1),
         "machine": machine(load_at_start),
     }
 
