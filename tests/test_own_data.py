@@ -203,7 +203,7 @@ def test_a_timm_backbone_trains_a_step_exports_and_serves(folder, tmp_path, back
     assert r.tokens_per_stage[0] == model.num_prefix + len(r.trace.stage("patching").boxes)
 
 
-def test_compare_and_sweep_run_on_a_patch16_checkpoint_of_an_image_folder(folder, tmp_path):
+def test_compare_and_sweep_run_on_a_patch16_checkpoint_of_an_image_folder(folder, tmp_path, capsys):
     """No --data: both read the folder the card names; the grids follow the 16 px patch."""
     from adavit.measure.compare import main as compare
     from adavit.measure.sweep import main as sweep
@@ -216,9 +216,22 @@ def test_compare_and_sweep_run_on_a_patch16_checkpoint_of_an_image_folder(folder
                   "--batch-size", "5", "--no-val", "--export", str(export),
                   *TINY[:1], "deit_small_patch16_224", *TINY[2:]]) == 0
     out = tmp_path / "cmp.json"
-    assert compare(["--checkpoint", str(export), "--json", str(out), "--strategies", "resolution,adavit",
-                    "--select-per-class", "2", "--latency-runs", "0", "--probe", "1", "--threads", "2"]) == 0
+    common = ["--checkpoint", str(export), "--json", str(out), "--strategies", "resolution,adavit",
+              "--select-per-class", "2", "--latency-runs", "0", "--probe", "1", "--threads", "2"]
+    assert compare([*common, "--set-default"]) == 2  # nothing chosen to set
+    assert "give --default-share too" in capsys.readouterr().err
+    assert compare([*common, "--default-share", "1.5"]) == 2
+    assert "in (0, 1], got 1.5" in capsys.readouterr().err
+    assert not out.exists()
+    assert compare([*common, "--default-share", "0.4", "--set-default"]) == 0
     res = json.loads(out.read_text())
+    default, card = res["default"], json.loads(export.with_suffix(".json").read_text())
+    assert default["settings"]["settings"]["mode"] == "topk" and default["gflops_share"] <= 0.4
+    assert default["candidates"] >= 1 and 0 <= default["top1_report"] <= 1
+    assert card["default_settings"] == default["settings"]["settings"]
+    assert "--set-default" in card["default_choice"]["command"]
+    table = out.with_suffix(".md").read_text()
+    assert "Default setting (the best top-k setting on the select half at most 40.0%" in table
     sizes = [p["settings"]["size"] for p in res["strategies"]["resolution"] if p.get("settings")]
     assert sizes and all(s % 16 == 0 for size in sizes for s in size)
     assert res["full"]["gflops"] == pytest.approx(2 * 4.6, rel=0.05)  # DeiT-S at 224: 196 patches + CLS

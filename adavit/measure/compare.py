@@ -219,6 +219,26 @@ def score(split: Split, idx: np.ndarray, preds: np.ndarray) -> dict:
     return metrics.classification(split.targets[idx], preds, split.names)
 
 
+def on_select(cache: Cache, model, strategy, split: Split, batch: int) -> dict:
+    row = evaluated(cache, model, strategy, split, "select", batch)
+    return {"strategy": strategy, "settings": describe(strategy), "gflops_select": float(np.mean(row["gflops"])),
+            "top1_select": score(split, split.select, np.array(row["preds"]))["top1"]}
+
+
+def reported(cache: Cache, model, win: dict, split: Split, full_gflops: float, batch: int) -> dict:
+    """The chosen point (`win`: strategy, settings, top1_select) on the report half and on all images."""
+    sel = evaluated(cache, model, win["strategy"], split, "select", batch)
+    rep = evaluated(cache, model, win["strategy"], split, "report", batch)
+    idx = np.concatenate([split.select, split.report])
+    preds = np.concatenate([sel["preds"], rep["preds"]])
+    gflops = np.concatenate([sel["gflops"], rep["gflops"]])
+    all_ = score(split, idx, preds)
+    return {"settings": win["settings"], "top1": all_["top1"], "top1_select": win["top1_select"],
+            "top1_report": score(split, split.report, np.array(rep["preds"]))["top1"],
+            "weighted_f1": all_["weighted_f1"], "gflops": float(gflops.mean()),
+            "gflops_share": float(gflops.mean() / full_gflops), "_strategy": win["strategy"]}
+
+
 def choose(cache: Cache, model, candidates: Sequence[tuple[object, object]], split: Split, full_gflops: float,
            budgets: Sequence[float], n_candidates: int, batch: int, probe: torch.Tensor, label: str = "") -> list[dict]:
     """One point per budget: the best of `candidates` ((strategy, family) pairs, e.g. `grid(name)`) on
@@ -228,33 +248,38 @@ def choose(cache: Cache, model, candidates: Sequence[tuple[object, object]], spl
     points = []
     for budget in budgets:
         target = budget * full_gflops
-        tried = []
-        for s in shortlist(costs, target, n_candidates):
-            row = evaluated(cache, model, s, split, "select", batch)
-            g = float(np.mean(row["gflops"]))
-            tried.append({"strategy": s, "settings": describe(s), "gflops_select": g,
-                          "top1_select": score(split, split.select, np.array(row["preds"]))["top1"],
-                          "within": abs(g / target - 1) <= TOLERANCE})
+        tried = [on_select(cache, model, s, split, batch) for s in shortlist(costs, target, n_candidates)]
+        for t in tried:
+            t["within"] = abs(t["gflops_select"] / target - 1) <= TOLERANCE
         if not tried:
             points.append({"budget": budget, "settings": None, "missing": "no setting of the grid fits this budget"})
             continue
         fits = [t for t in tried if t["within"]] or tried
         win = max(fits, key=lambda t: (t["top1_select"], -t["gflops_select"]))
-        sel = evaluated(cache, model, win["strategy"], split, "select", batch)
-        rep = evaluated(cache, model, win["strategy"], split, "report", batch)
-        idx = np.concatenate([split.select, split.report])
-        preds = np.concatenate([sel["preds"], rep["preds"]])
-        gflops = np.concatenate([sel["gflops"], rep["gflops"]])
-        all_ = score(split, idx, preds)
-        points.append({
-            "budget": budget, "settings": win["settings"], "top1": all_["top1"], "top1_select": win["top1_select"],
-            "top1_report": score(split, split.report, np.array(rep["preds"]))["top1"],
-            "weighted_f1": all_["weighted_f1"], "gflops": float(gflops.mean()),
-            "gflops_share": float(gflops.mean() / full_gflops), "within_tolerance": win["within"],
-            "candidates": [{k: v for k, v in t.items() if k != "strategy"} for t in tried],
-            "_strategy": win["strategy"],
-        })
+        points.append({"budget": budget, **reported(cache, model, win, split, full_gflops, batch),
+                       "within_tolerance": win["within"],
+                       "candidates": [{k: v for k, v in t.items() if k != "strategy"} for t in tried]})
     return points
+
+
+def choose_default(cache: Cache, model, split: Split, full_gflops: float, max_share: float, batch: int,
+                   probe: torch.Tensor) -> dict:
+    """A default setting for the card: the best top-1 on the select half among AdaViT's top-k settings (the
+    deterministic ones, which the app opens at and `export` traces) costing at most `max_share` of the
+    full-token GFLOPs, reported on the other half and on all. Chosen like every budget's point, so the
+    default's reported accuracy is not chosen on the images it is reported on."""
+    ceiling = max_share * full_gflops
+    fit = [s for s, (_, mode, _) in grid("adavit", model.patch, len(model.vit.blocks))
+           if mode == "topk" and costed(cache, model, s, probe) <= ceiling]
+    tried = [t for t in (on_select(cache, model, s, split, batch)
+                         for s in tqdm(fit, desc="default: the settings that fit", unit="setting", leave=False))
+             if t["gflops_select"] <= ceiling]
+    if not tried:
+        return {"max_share": max_share, "settings": None,
+                "missing": f"no top-k setting of the grid costs at most {max_share:.0%} of the full-token GFLOPs"}
+    win = max(tried, key=lambda t: (t["top1_select"], -t["gflops_select"]))
+    return {"max_share": max_share, **reported(cache, model, win, split, full_gflops, batch),
+            "candidates": len(tried)}
 
 
 def latencies(model, chosen: dict[str, object], images: torch.Tensor, runs_b1: int, runs_b32: int) -> dict:
@@ -310,8 +335,12 @@ def run(args: argparse.Namespace) -> dict:
                                   full_gflops, args.budgets, args.candidates, args.batch_size, probe, name)
         best = [f"{p['budget']:.0%}: {100 * p['top1']:.2f}%" for p in strategies[name] if p.get("settings")]
         tqdm.write(f"{name}: {', '.join(best)}")
+    default = (choose_default(cache, model, split, full_gflops, args.default_share, args.batch_size, probe)
+               if args.default_share else None)
     chosen = {"full": full, **{f"{n}@{p['budget']}": p["_strategy"] for n, pts in strategies.items()
                                 for p in pts if p.get("settings")}}
+    if default and default.get("settings"):
+        chosen["default"] = default.pop("_strategy")
     lat = latencies(model, chosen, split.images[torch.as_tensor(split.report)], args.latency_runs,
                     args.latency_runs_b32) if args.latency_runs else {}
     for n, pts in strategies.items():
@@ -319,9 +348,11 @@ def run(args: argparse.Namespace) -> dict:
             p.pop("_strategy", None)
             b1, b32 = lat.get(f"{n}@{p['budget']}", (None, None))
             p["latency_ms_b1"], p["latency_ms_b32"] = b1, b32
+    if default and default.get("settings"):
+        default["latency_ms_b1"], default["latency_ms_b32"] = lat.get("default", (None, None))
     b1, b32 = lat.get("full", (None, None))
     return {
-        "on": args.on, "budgets": list(args.budgets),
+        "on": args.on, "budgets": list(args.budgets), **({"default": default} if default else {}),
         "full": {"settings": describe(full), "top1": full_scores["top1"], "weighted_f1": full_scores["weighted_f1"],
                  "gflops": full_gflops, "latency_ms_b1": b1, "latency_ms_b32": b32},
         "strategies": strategies,
@@ -346,6 +377,18 @@ def update_card(weights: Path, out: dict) -> None:
     slim["strategies"] = {n: [{k: v for k, v in p.items() if k != "candidates"} for p in pts]
                           for n, pts in out["strategies"].items()}
     metrics.write_json(checkpoint.card_path(weights), {**card, "compare": slim})
+
+
+def set_default(weights: Path, out: dict) -> dict:
+    """Make the chosen default the card's `default_settings` (what evaluate, bench, export and the app use)."""
+    chosen = out.get("default") or {}
+    if not chosen.get("settings"):
+        raise ValueError(chosen.get("missing") or "--set-default needs --default-share")
+    card = checkpoint.read_card(weights)
+    settings = chosen["settings"]["settings"]
+    metrics.write_json(checkpoint.card_path(weights), {**card, "default_settings": settings,
+                                                       "default_choice": {**chosen, "command": out["command"]}})
+    return settings
 
 
 def names(text: str) -> list[str]:
@@ -382,6 +425,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-runs", type=int, default=10, help="batch-1 rounds (0: skip latency)")
     p.add_argument("--latency-runs-b32", type=int, default=3, help="batch-32 rounds")
     p.add_argument("--update-card", action="store_true", help='write the results into the card\'s "compare"')
+    p.add_argument("--default-share", type=float, default=None,
+                   help="also choose a default setting: the best top-k AdaViT setting on the select half costing at "
+                        "most this share of the full-token GFLOPs (e.g. 0.333 for 3x fewer)")
+    p.add_argument("--set-default", action="store_true",
+                   help="write that default into the card's default_settings (needs --default-share)")
     return p
 
 
@@ -390,8 +438,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(not 0 < b <= 1 for b in args.budgets):
         print(f"error: budgets are shares of the full-token GFLOPs in (0, 1], got {args.budgets}", file=sys.stderr)
         return 2
-    if args.on == "holdout" and args.update_card:
-        print("error: --update-card stores the val comparison in the card; run it without --on holdout",
+    if args.on == "holdout" and (args.update_card or args.set_default):
+        print("error: --update-card and --set-default store the val comparison in the card; run it without "
+              "--on holdout", file=sys.stderr)
+        return 2
+    if args.default_share is not None and not 0 < args.default_share <= 1:
+        print(f"error: --default-share is a share of the full-token GFLOPs in (0, 1], got {args.default_share}",
+              file=sys.stderr)
+        return 2
+    if args.set_default and args.default_share is None:
+        print("error: --set-default writes the default that --default-share chooses; give --default-share too",
               file=sys.stderr)
         return 2
     try:
@@ -406,4 +462,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         weights = Path(args.checkpoint) if args.checkpoint else checkpoint.SHIPPED
         update_card(weights, out)
         print(f"updated \"compare\" in {checkpoint.card_path(weights)}")
+    if args.set_default:
+        weights = Path(args.checkpoint) if args.checkpoint else checkpoint.SHIPPED
+        try:
+            settings = set_default(weights, out)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"set default_settings = {settings} in {checkpoint.card_path(weights)}")
     return 0

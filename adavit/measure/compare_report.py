@@ -83,6 +83,13 @@ def markdown(out: dict) -> str:
         f"the report half is {out['protocol']['report']}. GFLOPs: {out['protocol']['gflops']}.",
         f"Command: `{out['command']}`",
     ]
+    d = out.get("default")
+    if d:
+        lines += ["", f"Default setting (the best top-k setting on the select half at most {d['max_share']:.1%} of "
+                      "the full-token GFLOPs): " + ("n/a, " + d["missing"] if d.get("settings") is None else
+                  f"`{d['settings']['settings']}`, top-1 {100 * d['top1']:.2f}% on all (report half "
+                  f"{100 * d['top1_report']:.2f}%), weighted F1 {100 * d['weighted_f1']:.2f}%, {d['gflops']:.2f} "
+                  f"GFLOPs ({f['gflops'] / d['gflops']:.2f}x fewer), of {d['candidates']} settings that fit.")]
     lat = [(n, p) for n in names for p in measured(out["strategies"][n]) if p.get("latency_ms_b1") is not None]
     if lat:
         lines += ["", "| strategy | budget | settings | batch-1 ms | batch-32 ms |", "|---|---|---|---|---|"]
