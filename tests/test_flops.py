@@ -1,6 +1,8 @@
 """FLOPs: torch's counter sees CPU attention, and the closed form equals it exactly."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -106,3 +108,68 @@ def test_summarize():
     assert s == {"mean": 4.0, "std": pytest.approx(np.std([1, 2, 3, 4, 10])), "min": 1.0, "p50": 3.0,
                  "p90": pytest.approx(7.6), "max": 10.0}
     assert flops.summarize([]) == {}
+
+
+@pytest.fixture(scope="module")
+def learned_model(model):
+    """The test model with a learned gate and learned scorers (random MLPs: the cost is what counts)."""
+    from adavit.core.config import AdaViTConfig
+    from adavit.core.model import AdaViT
+
+    torch.manual_seed(0)
+    m = AdaViT.create(AdaViTConfig(num_classes=10, gate="learned", scorer="learned"))
+    m.vit.load_state_dict(model.vit.state_dict())
+    return m.eval()
+
+
+@pytest.mark.parametrize("settings", [
+    Settings(fine_ratio=0.5),
+    Settings(fine_ratio=0.3, keep1=0.6, keep2=0.4, mode="sample", fuse=True),
+    Settings(fine_ratio=1.0, keep1=0.5, keep2=0.5),  # every region splits: the gate is skipped
+    Settings(fine_ratio=0.0, keep1=0.7, keep2=0.3),  # none does: skipped too
+])
+def test_closed_form_counts_the_learned_gate_and_scorers(learned_model, make_images, settings):
+    from adavit.core.strategies import make
+
+    x = make_images(1, 224, 224, seed=3)
+    out = {}
+    with torch.inference_mode():
+        counted = flops.count_flops(lambda: out.setdefault("pred", learned_model(x, settings)))
+        outcome = make("adavit", settings=settings).forward(learned_model, x)
+    arch = flops.Arch.of(learned_model)
+    assert arch.gate_macs == 384 * 96 + 96 * 96 * 2 + 96  # MSViT's 4-layer MLP
+    assert arch.scorer_macs == (384 * 384 + 384 * 192 + 192 * 96 + 96,) * 2  # DynamicViT's, per sampler
+    assert flops.image_gflops(learned_model, out["pred"])[0] * 1e9 == pytest.approx(counted, rel=1e-12)
+    assert outcome.learned_scores
+    assert flops.outcome_gflops(learned_model, outcome)[0] * 1e9 == pytest.approx(counted, rel=1e-12)
+    mixed = 0 < settings.fine_ratio < 1
+    no_gate = flops.adavit_flops(replace(arch, gate_macs=0), (224, 224), out["pred"].tokens_per_stage[0].tolist(),
+                                 fine=settings.fine_ratio > 0, coarse=settings.fine_ratio < 1,
+                                 fused=[bool(s.fused.any()) for s in out["pred"].selections])
+    assert counted - no_gate == (2 * 64 * arch.gate_macs if mixed else 0)  # 64 regions at 224 px
+
+
+def test_peers_on_a_learned_checkpoint_pay_for_the_attention_score(learned_model, make_images):
+    """EViT scores by CLS attention even when the checkpoint has learned scorers; so does its count."""
+    from adavit.core.strategies import make
+
+    x = make_images(1, 224, 224, seed=4)
+    evit = make("evit", keep=(0.5, 0.5))
+    with torch.inference_mode():
+        counted = flops.count_flops(lambda: evit.forward(learned_model, x))
+        outcome = evit.forward(learned_model, x)
+    assert not outcome.learned_scores
+    assert flops.outcome_gflops(learned_model, outcome)[0] * 1e9 == pytest.approx(counted, rel=1e-12)
+
+
+def test_compare_cache_is_keyed_by_the_cost_model(tmp_path, monkeypatch):
+    """Cached GFLOPs from an older closed form must not be reused: the fingerprint changes with it."""
+    from adavit.measure import compare
+
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"weights")
+    split = compare.Split(torch.zeros(4, 3, 32, 32), np.arange(4), np.array([0, 2]), np.array([1, 3]), ("a",) * 4)
+    before = compare.fingerprint(weights, split)
+    assert compare.fingerprint(weights, split) == before
+    monkeypatch.setattr(compare, "COST_MODEL", flops.COST_MODEL + 1)
+    assert compare.fingerprint(weights, split) != before

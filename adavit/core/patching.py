@@ -130,7 +130,8 @@ def embed(vit, images: torch.Tensor, fine_ratio: float, gate=None) -> tuple[torc
     """Mixed-scale tokens (B, P+T, D), prefix first, with position embeddings, and their layout.
 
     `gate`: a `core.gate.LearnedGate` ranks the regions instead of the detail score; while a
-    gradient is recorded, the chosen tokens carry its straight-through decision.
+    gradient is recorded, the chosen tokens carry its straight-through decision. At inference it
+    runs only when some regions split and some don't (`measure.flops` counts it by that rule).
 
     Only the patch embeddings that are used get computed: when every region splits (fine_ratio 1:
     the plain ViT) there is no coarse conv and no gather, and when none does, no fine conv.
@@ -145,7 +146,11 @@ def embed(vit, images: torch.Tensor, fine_ratio: float, gate=None) -> tuple[torc
     pos, pos_coarse = _positions(vit, (gh, gw))
     low = F.avg_pool2d(images, 2)  # what a coarse token sees, and the gate's reference
     coarse = logits = None
-    if gate is None:
+    regions = (gh // 2) * (gw // 2)
+    # with every region split or none, the gate decides nothing: skip its cost, unless training
+    # (the batch-shaping loss reads its logits)
+    moot = round(fine_ratio * regions) in (0, regions) and not torch.is_grad_enabled()
+    if gate is None or moot:
         score = detail_score(images, low, patch)  # (B, gh/2, gw/2)
     else:
         coarse = proj(low).flatten(2).transpose(1, 2) + pos_coarse  # (B, R, D): what the gate reads

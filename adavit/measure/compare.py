@@ -34,7 +34,7 @@ from ..weights import checkpoint
 from . import cli, metrics
 from .bench import interleaved_medians, machine
 from .compare_report import figure, markdown
-from .flops import CONVENTION, outcome_gflops
+from .flops import CONVENTION, COST_MODEL, outcome_gflops
 from .sweep import floats
 
 BUDGETS = (0.2, 0.27, 0.35, 0.5)
@@ -171,8 +171,10 @@ def run_on(model, strategy, images: torch.Tensor, idx: np.ndarray, batch: int, d
 
 
 def fingerprint(weights: Path, split: Split) -> str:
-    """What the cached numbers depend on: the weights' bytes and the images with their halves."""
+    """What the cached numbers depend on: the weights' bytes, the images with their halves, and the
+    closed form's version (flops.COST_MODEL)."""
     h = hashlib.sha1(weights.read_bytes())
+    h.update(f"cost model {COST_MODEL}".encode())
     for a in (split.targets, split.select):
         h.update(np.ascontiguousarray(a, dtype=np.int64).tobytes())
     h.update(split.images[:, :, ::16, ::16].numpy().tobytes())  # which images, cheaply

@@ -12,7 +12,8 @@ zero. `counter()` registers that op (and its backward) with torch's own SDPA for
 The closed form (`vit_flops`, `adavit_flops`) exists because in sample mode token counts differ per
 image: a batch is padded to its longest image, so counting the batch says nothing about one image.
 It is what the counter reports for the same image run alone (batch 1); tests/test_flops.py checks
-that equality for topk, sample, fuse, fine ratios 0 / 0.5 / 1 and two resolutions.
+that equality for topk, sample, fuse, fine ratios 0 / 0.5 / 1, two resolutions, and a checkpoint
+with the learned gate and learned scorers (their MLPs are matrix products too).
 """
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from ..core.config import PATCH
+
+# the closed form's version: caches of per-point GFLOPs (measure.compare) are keyed by it, so a
+# change to what is counted recomputes them instead of mixing two cost models in one table
+COST_MODEL = 2  # 2: the learned gate and scorers' MLPs are counted
 
 CONVENTION = "FLOPs = 2 x multiply-adds (torch.utils.flop_counter; matmuls, convs and attention only)"
 
@@ -90,6 +95,13 @@ def vit_flops(
     return flops
 
 
+def linear_macs(module: nn.Module | None) -> int:
+    """Multiply-adds of one token through every Linear in `module` (MLPs applied token-wise)."""
+    if module is None:
+        return 0
+    return sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
+
+
 @dataclass(frozen=True)
 class Arch:
     """The widths that fix an AdaViT's FLOPs (read from the timm modules, not assumed)."""
@@ -101,6 +113,9 @@ class Arch:
     in_chans: int
     head: tuple[int, int] | None  # (in, out) of the linear head; None when it is not a Linear
     stages: tuple[int, ...]  # blocks per stage
+    prefix: int = 1  # CLS and any register / distillation tokens
+    gate_macs: int = 0  # per region, a learned gate's MLP (0: the parameter-free detail score)
+    scorer_macs: tuple[int, ...] = ()  # per patch token at each sampler, learned scorers (): ATS's score
 
     @classmethod
     def of(cls, model) -> Arch:
@@ -108,6 +123,7 @@ class Arch:
         blk = vit.blocks[0]
         proj = vit.patch_embed.proj
         head = vit.head
+        scorers = getattr(model, "scorers", None) or ()
         return cls(
             dim=int(vit.embed_dim),
             attn_dim=int(blk.attn.proj.in_features),
@@ -116,7 +132,21 @@ class Arch:
             in_chans=int(proj.in_channels),
             head=(int(head.in_features), int(head.out_features)) if isinstance(head, nn.Linear) else None,
             stages=tuple(model.config.stages),
+            prefix=int(model.num_prefix),
+            gate_macs=linear_macs(getattr(model, "gate", None)),
+            scorer_macs=tuple(linear_macs(s) for s in scorers),
         )
+
+    def gate(self, grid: int, fine: bool, coarse: bool) -> int:
+        """The learned gate's FLOPs: every region, when the layout mixes scales (else it is skipped)."""
+        return 2 * (grid // 4) * self.gate_macs if fine and coarse else 0
+
+    def score(self, s: int, n: int, learned: bool = True) -> int:
+        """Scoring n tokens (prefix included) at sampler s: a learned scorer's MLP on the patch
+        tokens, or ATS / EViT's CLS query . every key, all heads (an einsum)."""
+        if learned and self.scorer_macs:
+            return 2 * (int(n) - self.prefix) * self.scorer_macs[s]
+        return 2 * self.attn_dim * int(n)
 
 
 def adavit_flops(
@@ -140,8 +170,9 @@ def adavit_flops(
     per_block = [int(n) for n, blocks in zip(tokens_per_stage, arch.stages, strict=True) for _ in range(blocks)]
     flops = vit_flops(per_block, arch.dim, arch.hidden / arch.dim, patch_tokens, patch=arch.patch,
                       in_chans=arch.in_chans, head=arch.head, attn_dim=arch.attn_dim)
+    flops += arch.gate(grid, fine, coarse)
     for s, n in enumerate(tokens_per_stage[:-1]):
-        flops += 2 * arch.attn_dim * int(n)  # significance: CLS query . every key, all heads (einsum)
+        flops += arch.score(s, n)
         if s < len(fused) and fused[s]:
             flops += 2 * (int(n) - 1) * arch.dim  # the fused token: score-weighted sum of patch tokens
     return flops
@@ -175,13 +206,17 @@ def outcome_gflops(model, outcome) -> np.ndarray:
     """(B,) GFLOPs of each image under any strategy (core.strategies.Outcome), as if run alone.
 
     The blocks at their per-block token counts, the patch embeddings that ran and the head, plus what
-    the strategies add: ATS/EViT scores (CLS query . keys) per sampler, fused tokens, and ToMe's
-    bipartite similarity matrix (ceil(n/2) x floor(n/2) dot products of head_dim) per matching.
+    the strategies add: the learned gate on mixed-scale layouts, scores per sampler (AdaViT's learned
+    scorers, or ATS/EViT's CLS query . keys), fused tokens, and ToMe's bipartite similarity matrix
+    (ceil(n/2) x floor(n/2) dot products of head_dim) per matching.
     """
     arch = Arch.of(model)
     head_dim = int(model.vit.blocks[0].attn.head_dim)
     per_block = outcome.tokens_per_block.detach().cpu().numpy()
     embedded = outcome.embedded.detach().cpu().numpy()
+    scales = outcome.layout.scales.detach().cpu().numpy()
+    h, w = outcome.layout.size
+    grid = (h // arch.patch) * (w // arch.patch)
     scored = None if outcome.scored is None else outcome.scored.detach().cpu().numpy()
     fused = None if outcome.fused is None else outcome.fused.detach().cpu().numpy()
     merges = None if outcome.merges is None else outcome.merges.detach().cpu().numpy()
@@ -189,9 +224,10 @@ def outcome_gflops(model, outcome) -> np.ndarray:
     for b in range(len(per_block)):
         f = vit_flops(per_block[b].tolist(), arch.dim, arch.hidden / arch.dim, int(embedded[b]), patch=arch.patch,
                       in_chans=arch.in_chans, head=arch.head, attn_dim=arch.attn_dim)
+        f += arch.gate(grid, bool((scales[b] == 1).any()), bool((scales[b] == 2).any()))
         if scored is not None:
-            f += sum(2 * arch.attn_dim * int(n) + (2 * (int(n) - 1) * arch.dim if fz else 0)
-                     for n, fz in zip(scored[b], fused[b], strict=True))
+            f += sum(arch.score(s, n, outcome.learned_scores) + (2 * (int(n) - 1) * arch.dim if fz else 0)
+                     for s, (n, fz) in enumerate(zip(scored[b], fused[b], strict=True)))
         if merges is not None:
             f += sum(2 * ((int(n) + 1) // 2) * (int(n) // 2) * head_dim for n in merges[b])
         out.append(f / 1e9)

@@ -22,4 +22,4 @@ class AdaViTStrategy:
     def forward(self, model, images: torch.Tensor) -> Outcome:
         tokens, layout = model.tokenize(images, self.settings.fine_ratio)
         out = model.run(tokens, layout, self.settings)
-        return from_stages(model, out, layout, model.config.stages)
+        return from_stages(model, out, layout, model.config.stages, learned_scores=model.scorers is not None)

@@ -32,6 +32,7 @@ class Outcome:
     scored: torch.Tensor | None = None  # (B, S) tokens (CLS incl.) entering each scored sampler
     fused: torch.Tensor | None = None  # (B, S) bool: sampler s built a fused token
     merges: torch.Tensor | None = None  # (B, M) tokens (CLS incl.) entering each ToMe matching
+    learned_scores: bool = False  # the samplers used the checkpoint's learned scorers (AdaViT only)
     groups: torch.Tensor | None = None  # (B, T) ToMe: final slot (CLS = 0) of each stage-0 token
     image_size: tuple[int, int] = (0, 0)  # the (H, W) the strategy was given; layout.size may be smaller
 
@@ -74,7 +75,7 @@ def prune(model, images: torch.Tensor, split: tuple[int, ...], keep: tuple[float
     return from_stages(model, out, layout, split)
 
 
-def from_stages(model, out, layout: Layout, split: tuple[int, ...]) -> Outcome:
+def from_stages(model, out, layout: Layout, split: tuple[int, ...], *, learned_scores: bool = False) -> Outcome:
     sels = out.selections
     return Outcome(
         logits=model.classify(out.tokens),
@@ -85,4 +86,5 @@ def from_stages(model, out, layout: Layout, split: tuple[int, ...]) -> Outcome:
         scored=torch.stack(out.counts[:-1], 1) if sels else None,
         fused=torch.stack([s.fused.any(1) for s in sels], 1) if sels else None,
         image_size=layout.size,
+        learned_scores=learned_scores and bool(sels),
     )
