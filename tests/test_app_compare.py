@@ -80,6 +80,16 @@ def test_shortlist_takes_the_nearest_of_each_family():
     assert shortlist([(d, 1, 1.045), (c, 2, 1.2)], 1.0, 3) == [d]  # nothing within 3.5%: within 5% will do
 
 
+def test_the_best_side_is_chosen_on_the_select_half_only():
+    from adavit.measure.compare import best_of
+
+    a, b, c = ({"top1_select": t, "gflops_select": g, "top1": r, "within_tolerance": w}
+               for t, g, r, w in ((0.95, 4.2, 0.99, True), (0.95, 4.1, 0.90, True), (0.97, 4.0, 0.91, False)))
+    assert best_of([(224, a), (252, b)]) == (252, b)  # a tie on select: fewer GFLOPs, whatever all-val says
+    assert best_of([(224, a), (252, c)]) == (224, a)  # off budget loses to any point within it
+    assert best_of([(252, c)]) == (252, c)
+
+
 def test_pareto_draws_the_resolution_baseline_and_the_best_peer():
     from adavit.app.pareto import figure, peer_fronts
 
@@ -98,3 +108,30 @@ def test_pareto_draws_the_resolution_baseline_and_the_best_peer():
     names = {t.name for t in figure([], [], None, peer_fronts(card)).data}
     assert names == {"resolution baseline (sweep)", "best peer: evit (compare)"}
     assert peer_fronts({}) == {}
+
+
+def test_a_strategy_compare_gave_a_larger_decode_runs_on_the_image_at_that_side(served):
+    """`compare --sides`: the card's point records its side, and the tab decodes the photo at it."""
+    from adavit.app.compare import Comparer, sides_at
+    from adavit.core.config import Settings
+
+    _, app_model = served
+    model = app_model.model
+    evit = make("evit", split=(4, 4, 4), keep=(0.5, 0.5))
+    ada = make("adavit", settings=Settings(0.2, 0.5, 0.5, resolution=252))
+    card = {"compare": {"budgets": [0.2, 0.5], "strategies": {
+        "evit": [{"settings": None}, {"settings": describe(evit), "side": 252}],
+        "adavit": [{"settings": None}, {"settings": describe(ada), "side": 252}],
+        "tome": [{"settings": None}, {"settings": describe(make("tome", r=8))}]}}}
+    assert sides_at(0.5, card) == {"evit": 252, "adavit": 252, "tome": 224}
+    assert sides_at(0.2, card) == {} and sides_at(0.27, card) == {}
+    panels, _ = Comparer(model, app_model.class_names, card).run(FLOWER, 0.5)
+    by = {p.name: p for p in panels}
+    grid = 252 // model.patch
+    assert by["evit"].tokens[0] == grid * grid + model.num_prefix  # every patch of the 252 px image
+    assert by["evit"].settings.endswith("on the image at 252 px")
+    assert by["tome"].tokens[0] == (224 // model.patch) ** 2 + model.num_prefix
+    x = prepare(load_image(FLOWER).image, 252).tensor
+    with torch.inference_mode():
+        out = fit_depth(evit, len(model.vit.blocks)).forward(model, x)
+    assert by["evit"].gflops == pytest.approx(float(outcome_gflops(model, out)[0]), abs=1e-4)

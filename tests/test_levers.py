@@ -178,3 +178,12 @@ def test_training_ranges_are_flags_and_checked(capsys):
             parse_args([flag, bad])
     err = capsys.readouterr().err
     assert "need 0 <= LO <= HI <= 1, got '0.5,0.2'" in err and "need 0.01 <= LO" in err and "expected LO,HI" in err
+
+
+def test_ablate_high_side_sets_the_resolution_arm_and_its_label():
+    from adavit.measure.ablate import rows
+    arm = rows({}, 252)["resolution"][1]
+    assert arm.resolution == 252 and arm.label == "mixed-scale 252 px"
+    assert {s.settings.resolution for s, _ in arm.candidates} == {252}
+    trained = rows({"multires": "x"}, 252)["resolution"][1]
+    assert trained.label == "mixed-scale 252 px, trained at 224 and 252 px" and trained.resolution == 252

@@ -222,6 +222,10 @@ def test_compare_and_sweep_run_on_a_patch16_checkpoint_of_an_image_folder(folder
     assert "give --default-share too" in capsys.readouterr().err
     assert compare([*common, "--default-share", "1.5"]) == 2
     assert "in (0, 1], got 1.5" in capsys.readouterr().err
+    assert compare([*common, "--sides", "224,252"]) == 2  # 252 is no whole number of 32 px regions
+    assert "--sides must be a multiple of 32 px" in capsys.readouterr().err
+    assert compare([*common, "--sides", "256"]) == 2
+    assert "must include 224: the budgets are shares" in capsys.readouterr().err
     assert not out.exists()
     assert compare([*common, "--default-share", "0.4", "--set-default"]) == 0
     res = json.loads(out.read_text())
@@ -232,6 +236,11 @@ def test_compare_and_sweep_run_on_a_patch16_checkpoint_of_an_image_folder(folder
     assert "--set-default" in card["default_choice"]["command"]
     table = out.with_suffix(".md").read_text()
     assert "Default setting (the best top-k setting on the select half at most 40.0%" in table
+    assert res["protocol"]["sides"] == [224, 256]  # by default one ring of 32 px regions more
+    ada = [p for p in res["strategies"]["adavit"] if p.get("settings")]
+    assert ada and all(p["side"] == p["settings"]["settings"]["resolution"] in (224, 256) for p in ada)
+    assert {c["side"] for p in ada for c in p["candidates"]} == {224, 256}
+    assert all(p["side"] == 224 for p in res["strategies"]["resolution"] if p.get("settings"))
     sizes = [p["settings"]["size"] for p in res["strategies"]["resolution"] if p.get("settings")]
     assert sizes and all(s % 16 == 0 for size in sizes for s in size)
     assert res["full"]["gflops"] == pytest.approx(2 * 4.6, rel=0.05)  # DeiT-S at 224: 196 patches + CLS

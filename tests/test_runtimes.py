@@ -38,7 +38,7 @@ def test_ratios_compare_within_a_runtime_and_across():
 def test_every_cell_runs_the_same_model(peaked_model, make_images, tmp_path, one_thread):
     settings = Settings(fine_ratio=0.3, keep1=0.5, keep2=0.5, resolution=SIDE)
     plain = bench.plain_vit(peaked_model, SIDE)
-    fns = build(cells_for(None, "fp32", every=True), peaked_model, plain, settings, tmp_path)
+    fns = build(cells_for(None, "fp32", every=True), peaked_model, plain, settings, tmp_path, SIDE)
     x = make_images(2, SIDE, SIDE)
     with torch.inference_mode():
         ref = {"full": plain(x), "adavit": peaked_model(x, settings).logits}
@@ -70,7 +70,7 @@ def test_bench_runtime_writes_the_issue_json(model, tmp_path, capsys, one_thread
     weights = checkpoint.save(model, tmp_path / "tiny.safetensors", half=False)
     out = tmp_path / "bench.json"
     code = bench.main(["--runtime", "onnxruntime", "--precision", "int8", "--runs", "1", "--resolution", "56",
-                       "--checkpoint", str(weights), "--json", str(out), "--threads", "1"])
+                       "--full-resolution", "56", "--checkpoint", str(weights), "--json", str(out), "--threads", "1"])
     assert code == 0
     result = json.loads(out.read_text())
     assert result["settings"]["resolution"] == 56
@@ -86,6 +86,23 @@ def test_bench_runtime_writes_the_issue_json(model, tmp_path, capsys, one_thread
     assert result["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert result["machine"]["cpu_model"]
     assert "onnxruntime  int8" in capsys.readouterr().out
+
+
+def test_bench_sets_a_larger_adavit_input_against_the_full_token_side(model, tmp_path, capsys, one_thread):
+    """A setting may decode the photos larger (compare --sides); the speed-up stays against every token at
+    --full-resolution, on the same photos at that side."""
+    weights = checkpoint.save(model, tmp_path / "tiny.safetensors", half=False)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--runs", "1", "--resolution", "112", "--full-resolution", "56", "--fine-ratio", "0",
+                       "--keep1", "1", "--keep2", "1", "--checkpoint", str(weights), "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["full_resolution"] == 56 and r["settings"]["resolution"] == 112
+    assert r["full"]["tokens_per_stage"] == [17] * 3 == r["adavit_full"]["tokens_per_stage"]  # 4 x 4 patches + CLS
+    assert r["adavit"]["tokens_per_stage"] == [17] * 3  # 112 px, every region coarse: 4 x 4 regions + CLS
+    assert r["speedup"]["gflops"] == pytest.approx(r["full"]["gflops"] / r["adavit"]["gflops"], abs=0.01)
+    assert "decoded at 56 px for full, 112 px for adavit" in r["input"]
+    assert bench.main(["--runs", "1", "--full-resolution", "50", "--checkpoint", str(weights)]) == 2
+    assert "--full-resolution must be a multiple of the 14 px patch" in capsys.readouterr().out
 
 
 def test_bench_refuses_to_export_sample_mode(model, tmp_path, capsys):

@@ -129,7 +129,7 @@ def test_bundle_boots_from_its_own_requirements(bundle, tmp_path, capsys):
             try:
                 client = gradio_client.Client(url, verbose=False)
                 result = client.predict(gradio_client.handle_file(str(bundle / "assets/examples/flower.jpg")),
-                                        0.3, 0.5, 0.5, "top-k", api_name="/analyze")
+                                        0.3, 0.5, 0.5, "top-k", 224, api_name="/analyze")
             except Exception as e:  # noqa: BLE001 - not up yet: retry until the limit
                 last = e
                 time.sleep(1)

@@ -74,6 +74,18 @@ def strategies_at(budget: float, card: dict) -> tuple[dict[str, object], str]:
     return out, source
 
 
+def sides_at(budget: float, card: dict) -> dict[str, int]:
+    """{name: the image side `adavit compare` gave the strategy at this budget} (224 unless it chose a larger
+    decode; see compare --sides). A side the model can't take falls back to 224."""
+    compare = card.get("compare") or {}
+    budgets, chosen = compare.get("budgets") or [], compare.get("strategies") or {}
+    if budget not in budgets:
+        return {}
+    i = budgets.index(budget)
+    return {n: int(pts[i].get("side", 224)) for n, pts in chosen.items()
+            if n in STRATEGIES and i < len(pts) and pts[i].get("settings")}
+
+
 def fit_depth(strategy, depth: int):
     """The same strategy with its stage split scaled to a model of `depth` blocks (the settings are for 12)."""
     split = getattr(strategy, "split", None)
@@ -143,24 +155,32 @@ class Comparer:
 
     def run(self, source, budget: float) -> tuple[list[Panel], str]:
         loaded = load_image(source)
-        prep = prepare(loaded.image, 224)
-        base = overlay.display_base(prep.crop)
+        preps = {224: prepare(loaded.image, 224)}
+        base = overlay.display_base(preps[224].crop)
         strategies, where = strategies_at(budget, self.card)
+        sides = sides_at(budget, self.card)
         panels = []
         with self._lock, torch.inference_mode():
             for name, strategy in strategies.items():
                 strategy = fit_depth(strategy, len(self.model.vit.blocks))
-                out = strategy.forward(self.model, prep.tensor)
+                side = sides.get(name, 224)
+                if side % self.model.region:  # the card was written for another backbone's patch
+                    side = 224
+                if side not in preps:  # the same crop, decoded larger (compare --sides)
+                    preps[side] = prepare(loaded.image, side)
+                x = preps[side].tensor
+                out = strategy.forward(self.model, x)
                 times = []
                 for _ in range(LATENCY_RUNS):
                     t = time.perf_counter()
-                    strategy.forward(self.model, prep.tensor)
+                    strategy.forward(self.model, x)
                     times.append(1000 * (time.perf_counter() - t))
                 p = out.logits.softmax(-1)[0]
                 top = int(p.argmax())
                 panels.append(Panel(name, draw(base, out), self.names[top], float(p[top]),
                                     float(outcome_gflops(self.model, out)[0]), float(np.median(times)),
-                                    [int(t) for t in out.tokens_per_stage[0]], repr(strategy)))
+                                    [int(t) for t in out.tokens_per_stage[0]],
+                                    repr(strategy) + ("" if side == 224 else f" on the image at {side} px")))
         return panels, where
 
 

@@ -136,9 +136,10 @@ def build_app(app_model: AppModel | None = None, data_root: Path | None | str = 
             return f"**Accuracy**: not available ({e})", None
 
     @on_gpu
-    def api_analyze(image, fine_ratio, keep1, keep2, mode, resolution=224):
+    def api_analyze(image, fine_ratio, keep1, keep2, mode, resolution=d["resolution"]):
         """(image, fine_ratio, keep1, keep2, mode[, resolution]) -> JSON with top5, tokens_per_stage,
-        gflops, gflops_full, latency_ms, latency_ms_full (default model, no overlays)."""
+        gflops, gflops_full, latency_ms, latency_ms_full (default model, no overlays). Without a
+        resolution, the slider's opening value: the served checkpoint's default side."""
         try:
             image = _upload(image)
             if image is None:

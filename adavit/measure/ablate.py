@@ -10,7 +10,7 @@ timed for every chosen point in alternating rounds: the protocol of `adavit comp
 Rows on one checkpoint (parts that act at inference):
   samplers     one sampler (keep2 = 1: ATS1 only) vs two
   fusion       dropped tokens discarded vs fused into one token
-  resolution   224 px vs mixed-scale at 336 px (images decoded at 336, low fine ratios)
+  resolution   224 px vs mixed-scale at 336 px (images decoded at 336, low fine ratios; --high-side)
   attention    global-only stage 1 vs GC-ViT hybrid (windows of 4x4 regions, 112 px for patch 14), same
                weights, not fine-tuned for it
   positions    samplers where trained (after blocks 4 and 8 of 12) vs after 1/4 and 1/2 of the blocks (3 and
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from .. import data
-from ..core.config import Settings
+from ..core.config import Settings, check_side
 from ..core.model import AdaViT
 from ..core.strategies import make
 from ..weights import checkpoint
@@ -53,7 +53,7 @@ BUDGETS = (0.27, 0.35)
 HIGH = 336  # the mixed-scale arm's side
 VARIANTS = {"gate": "learned gate (MSViT)", "scorer": "learned scorer (DynamicViT MLP)",
             "distill": "self-distillation", "hybrid": "hybrid stage 1, fine-tuned",
-            "multires": f"mixed-scale {HIGH} px, trained at 224 and {HIGH} px",
+            "multires": "mixed-scale {high} px, trained at 224 and {high} px",
             "budget": "training settings drawn near the compared budgets",
             "candidate": "the candidate recipe (the parts that won alone, together)"}
 
@@ -73,28 +73,29 @@ class Arm:
     resolution: int = 224
 
 
-def rows(variants: dict[str, str]) -> dict[str, tuple[Arm, Arm]]:
-    """Each ablation as (without the part, with it)."""
+def rows(variants: dict[str, str], side: int = HIGH) -> dict[str, tuple[Arm, Arm]]:
+    """Each ablation as (without the part, with it); the resolution row's larger arm decodes at `side`."""
     two = tuple(family())
-    high = tuple(family(fines=(0.0, 0.05, 0.1, 0.15, 0.2), resolution=HIGH))
+    high = tuple(family(fines=(0.0, 0.05, 0.1, 0.15, 0.2), resolution=side))
     out = {
         "samplers": (Arm("one sampler (ATS1 only)", "base", tuple(family(keeps2=(1.0,)))),
                      Arm("two samplers", "base", two)),
         "fusion": (Arm("drop", "base", two), Arm("fuse", "base", tuple(family(fuse=True)))),
-        "resolution": (Arm("224 px", "base", two), Arm(f"mixed-scale {HIGH} px", "base", high, HIGH)),
+        "resolution": (Arm("224 px", "base", two), Arm(f"mixed-scale {side} px", "base", high, side)),
         "attention": (Arm("global stage 1", "base", two),
                       Arm("hybrid stage 1 (not fine-tuned)", "windows", two)),
         "positions": (Arm("samplers where trained", "base", two),
                       Arm("samplers after 1/4 and 1/2 of the blocks (not fine-tuned)", "early", two)),
     }
     for name in variants:
-        with_part = Arm(VARIANTS[name], name, two)
+        label = VARIANTS[name].format(high=side)
+        with_part = Arm(label, name, two)
         if name == "hybrid":
             out["attention"] = (out["attention"][0], with_part)
         elif name == "multires":  # the question is whether 336 px now beats 224 px at the same GFLOPs
-            out["resolution"] = (out["resolution"][0], Arm(VARIANTS[name], name, high, HIGH))
+            out["resolution"] = (out["resolution"][0], Arm(label, name, high, side))
         else:
-            out[name] = (Arm(f"without {VARIANTS[name]}", "base", two), with_part)
+            out[name] = (Arm(f"without {label}", "base", two), with_part)
     return out
 
 
@@ -139,7 +140,8 @@ def run(args: argparse.Namespace) -> dict:
     spec, data_seed = data.card_data(checkpoint.read_card(base), args.data)
     root = data.resolve_data_root(args.data_root) if spec == data.labelled.FLOWERS else None
     held = held_out_files(base, variants) if args.on == "holdout" else ()
-    table = rows(variants)
+    check_side(args.high_side, "--high-side", models["base"][0].patch)
+    table = rows(variants, args.high_side)
     if args.rows:
         unknown = set(args.rows) - set(table)
         if unknown:
@@ -267,6 +269,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--select-per-class", type=int, default=SELECT_PER_CLASS)
     p.add_argument("--budgets", type=floats, default=list(BUDGETS), help="shares of the full-token GFLOPs")
     p.add_argument("--candidates", type=int, default=3, help="settings evaluated per arm and budget")
+    p.add_argument("--high-side", type=int, default=HIGH,
+                   help=f"the resolution row's mixed-scale arm decodes the images at this side (default {HIGH}; a "
+                        "multiple of the 2x2-patch region)")
     p.add_argument("--probe", type=int, default=4, help="images each candidate is costed on")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=None)

@@ -7,14 +7,17 @@
 --runtime / --precision other than torch fp32, and --all, time the cells of adavit.measure.runtimes
 instead (JSON {"settings", "cells": [...], ...}); plain `bench` is the torch fp32 comparison below.
 
-"full" is timm's own forward of the same weights at img_size=R, with the position grid resampled
-exactly as AdaViT resamples it (adavit.core.patching.position_grid): every token, none of AdaViT's
-bookkeeping. "adavit" runs the given settings (default: the checkpoint card's, else the training
-default) with `adavit.measure.latency.optimize_for_cpu`; "adavit_full" is AdaViT with Settings.full(), to
-show what the bookkeeping itself costs. Latency: median of --runs forwards after warm-up, under
-torch.inference_mode, at batch 1 (the first image) and batch 32, the three models timed in
-alternating rounds so that other load on the machine hits them alike. GFLOPs: torch's counter on the
-batch-1 forward (FLOPs = 2 x multiply-adds), and per image over the batch-32 images (adavit.measure.flops).
+"full" is timm's own forward of the same weights at 224 px (`--full-resolution`, the side the targets
+and `compare`'s budgets are set against), with the position grid resampled exactly as AdaViT
+resamples it (adavit.core.patching.position_grid): every token, none of AdaViT's bookkeeping.
+"adavit" runs the given settings (default: the checkpoint card's, else the training default) with
+`adavit.measure.latency.optimize_for_cpu`, on the same photos decoded at its own side R (a setting
+may take a larger image than 224 px and still cost less); "adavit_full" is AdaViT with
+Settings.full() at the full-token side, to show what the bookkeeping itself costs. Latency: median of
+--runs forwards after warm-up, under torch.inference_mode, at batch 1 (the first image) and batch 32,
+the three models timed in alternating rounds so that other load on the machine hits them alike.
+GFLOPs: torch's counter on the batch-1 forward (FLOPs = 2 x multiply-adds), and per image over the
+batch-32 images (adavit.measure.flops).
 
 Issue targets on 2 cores: >= 2.5x lower batch-1 latency, >= 3x fewer GFLOPs than full-token.
 Latency on a machine that is busy with other work means little: the JSON records the load average.
@@ -90,6 +93,15 @@ def bench_images(resolution: int, n: int = BATCH) -> tuple[torch.Tensor, str]:
     return fixed_images(resolution, n)
 
 
+def both_sides(full_side: int, side: int, n: int = BATCH) -> tuple[dict[str, torch.Tensor], str]:
+    """The same photos for the full-token forward ("full", "adavit_full") at its side and AdaViT ("adavit")
+    at its own."""
+    full, source = bench_images(full_side, n)
+    ours = full if side == full_side else bench_images(side, n)[0]
+    where = source if side == full_side else f"{source}; decoded at {full_side} px for full, {side} px for adavit"
+    return {"full": full, "adavit_full": full, "adavit": ours}, where
+
+
 def interleaved_medians(fns: dict[str, Callable[[], object]], runs: int, warmup: int = 2) -> dict[str, float]:
     """Median ms of each forward, timed in rounds (one call of each per round): a load spike or a
     clock change hits every model alike instead of whichever happened to be measured then."""
@@ -131,15 +143,15 @@ def machine(load_at_start: list[float]) -> dict:
     }
 
 
-def measure(fwds: dict[str, Callable[[torch.Tensor], object]], images: torch.Tensor, runs: int) -> dict:
-    """{name: (batch-1 ms, batch-N ms, counter GFLOPs of the batch-1 forward)}."""
-    x1 = images[:1]
+def measure(fwds: dict[str, tuple[Callable[[torch.Tensor], object], torch.Tensor]], runs: int) -> dict:
+    """{name: (batch-1 ms, batch-N ms, counter GFLOPs of the batch-1 forward)} of each (forward, its images)."""
+    n = len(next(iter(fwds.values()))[1])
     print(f"  batch 1: {runs} rounds of {', '.join(fwds)} ...", flush=True)
-    b1 = interleaved_medians({k: (lambda f=f: f(x1)) for k, f in fwds.items()}, runs)
-    print(f"  batch {len(images)}: {runs} rounds ...", flush=True)
-    bn = interleaved_medians({k: (lambda f=f: f(images)) for k, f in fwds.items()}, runs, warmup=1)
+    b1 = interleaved_medians({k: (lambda f=f, x=x[:1]: f(x)) for k, (f, x) in fwds.items()}, runs)
+    print(f"  batch {n}: {runs} rounds ...", flush=True)
+    bn = interleaved_medians({k: (lambda f=f, x=x: f(x)) for k, (f, x) in fwds.items()}, runs, warmup=1)
     with torch.inference_mode():
-        gflops = {k: flops.count_flops(lambda f=f: f(x1)) / 1e9 for k, f in fwds.items()}
+        gflops = {k: flops.count_flops(lambda f=f, x=x[:1]: f(x)) / 1e9 for k, (f, x) in fwds.items()}
     return {k: (b1[k], bn[k], gflops[k]) for k in fwds}
 
 
@@ -161,6 +173,9 @@ def setup(args: argparse.Namespace) -> tuple[AdaViT, Settings, str, tuple[int, .
                                ("mode", args.mode), ("fuse", args.fuse or None), ("resolution", args.resolution))
              if v is not None}
     settings = replace(base, **given)
+    if args.full_resolution % model.patch or not 0 < args.full_resolution <= 1008:
+        raise ValueError(f"--full-resolution must be a multiple of the {model.patch} px patch up to 1008, "
+                         f"got {args.full_resolution}")
     layout = () if args.no_optimize else latency.optimize_for_cpu(model, settings)
     return model, settings, weights, layout
 
@@ -168,21 +183,21 @@ def setup(args: argparse.Namespace) -> tuple[AdaViT, Settings, str, tuple[int, .
 def run(args: argparse.Namespace) -> dict:
     load_at_start = list(os.getloadavg())
     model, settings, weights, layout = setup(args)
-    res = settings.resolution
-    plain = plain_vit(model, res)
-    images, source = bench_images(res)
+    side = args.full_resolution
+    plain = plain_vit(model, side)
+    images, source = both_sides(side, settings.resolution)
     print(f"weights: {weights}\ninput: {source}\nsettings: {settings}\ncolumn-major stages: {layout}", flush=True)
 
-    n_full = (res // model.patch) ** 2 + model.num_prefix
-    variants = {"adavit": settings, "adavit_full": Settings.full(res)}
-    timing = measure({"full": plain, **{k: (lambda x, s=s: model(x, s)) for k, s in variants.items()}},
-                     images, args.runs)
-    out = {"settings": settings.to_dict(),
-           "full": entry(timing["full"], [n_full] * 3, np.full(len(images), timing["full"][2]))}
+    n_full = (side // model.patch) ** 2 + model.num_prefix
+    variants = {"adavit": settings, "adavit_full": Settings.full(side)}
+    timing = measure({"full": (plain, images["full"]),
+                      **{k: (lambda x, s=s: model(x, s), images[k]) for k, s in variants.items()}}, args.runs)
+    out = {"settings": settings.to_dict(), "full_resolution": side,
+           "full": entry(timing["full"], [n_full] * 3, np.full(len(images["full"]), timing["full"][2]))}
     for key, s in variants.items():
         with torch.inference_mode():
-            tokens = model(images[:1], s).tokens_per_stage[0].tolist()
-            per_image = flops.image_gflops(model, model(images, s))
+            tokens = model(images[key][:1], s).tokens_per_stage[0].tolist()
+            per_image = flops.image_gflops(model, model(images[key], s))
         out[key] = entry(timing[key], tokens, per_image)
     f, a = out["full"], out["adavit"]
     speedup = {
@@ -206,16 +221,17 @@ def run_cells(args: argparse.Namespace) -> dict:
     cells = runtimes.cells_for(args.runtime, args.precision, args.all)
     if any(c.runtime == "onnxruntime" for c in cells):
         check_exportable(settings)
-    plain = plain_vit(model, settings.resolution)
-    images, source = bench_images(settings.resolution)
+    plain = plain_vit(model, args.full_resolution)
+    images, source = both_sides(args.full_resolution, settings.resolution)
     print(f"weights: {weights}\ninput: {source}\nsettings: {settings}", flush=True)
     with torch.inference_mode():
-        gflops = {"full": flops.count_flops(lambda: plain(images[:1])) / 1e9,
-                  "adavit": flops.count_flops(lambda: model(images[:1], settings)) / 1e9}
+        gflops = {"full": flops.count_flops(lambda: plain(images["full"][:1])) / 1e9,
+                  "adavit": flops.count_flops(lambda: model(images["adavit"][:1], settings)) / 1e9}
     rows = runtimes.measure_cells(cells, model, plain, settings, images, args.runs, interleaved_medians, gflops)
-    return {"settings": settings.to_dict(), "cells": rows, "ratios": runtimes.ratios(rows),
-            "machine": machine(load_at_start), "weights": weights, "input": source, "runs": args.runs,
-            "batch": len(images), "cpu_layout_stages": list(layout), "flops_convention": flops.CONVENTION}
+    return {"settings": settings.to_dict(), "full_resolution": args.full_resolution, "cells": rows,
+            "ratios": runtimes.ratios(rows), "machine": machine(load_at_start), "weights": weights,
+            "input": source, "runs": args.runs, "batch": len(images["full"]), "cpu_layout_stages": list(layout),
+            "flops_convention": flops.CONVENTION}
 
 
 def table(out: dict) -> str:
@@ -249,7 +265,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep2", type=float, default=None)
     p.add_argument("--mode", choices=("topk", "sample"), default=None)
     p.add_argument("--fuse", action="store_true")
-    p.add_argument("--resolution", type=int, default=224)
+    p.add_argument("--resolution", type=int, default=None, help="AdaViT's input side (default: the setting's)")
+    p.add_argument("--full-resolution", type=int, default=224,
+                   help="the full-token forward's side, which the speed-ups are against (default 224)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-optimize", action="store_true", help="skip adavit.measure.latency.optimize_for_cpu")
     p.add_argument("--runtime", choices=runtimes.RUNTIMES, default="torch",

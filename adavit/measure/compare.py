@@ -7,9 +7,13 @@ Budgets: 20 / 27 / 35 / 50% of the full-token GFLOPs at 224 px; each point lands
 strategy and budget, a small grid of settings (core.strategies) is costed on a few images, the closest
 few per family that fit the budget are evaluated on the *select* half of val (5 images per class,
 stratified, seed 0), and the best of them on the select half is reported on the *report* half (the
-other 510 images) and on all of val. Latency: batch-1 and batch-32 medians of every chosen point and
-the full-token forward, timed in alternating rounds in one process. Per-point results are cached in
-`<json>.cache.jsonl`, so an interrupted run resumes where it stopped.
+other 510 images) and on all of val. Every token-reducing strategy may also take the images decoded
+one ring of regions larger (252 px for 14 px patches, same field of view, `--sides`): mixed-scale
+patching can spend a larger image's pixels where there is detail, and the peers get the same images.
+The resolution baseline resizes the 224 px crop, which holds everything it can use below 224 px.
+Latency: batch-1 and batch-32 medians of every chosen point and the full-token forward, timed in
+alternating rounds in one process. Per-point results are cached in `<json>.cache.jsonl`, so an
+interrupted run resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from .. import data
-from ..core.config import Settings
+from ..core.config import Settings, check_side
 from ..core.strategies import STRATEGIES, make
 from ..weights import checkpoint
 from . import cli, metrics
@@ -46,10 +50,12 @@ RESOLUTION = 224
 
 
 # ---------------------------------------------------------------- the grids
-def grid(name: str, patch: int = 14, depth: int = 12) -> Iterator[tuple[object, object]]:
-    """(strategy, family) for every candidate setting; a budget evaluates the closest of each family.
-    `patch` and `depth` are the model's (14 and 12 for the shipped ViT-S/14)."""
+def grid(name: str, patch: int = 14, depth: int = 12, side: int = RESOLUTION) -> Iterator[tuple[object, object]]:
+    """(strategy, family) for every candidate setting on images decoded at `side` px; a budget evaluates
+    the closest of each family. `patch` and `depth` are the model's (14 and 12 for the shipped ViT-S/14)."""
     if name == "resolution":  # square, or one or two patches wider than high (a family each)
+        if side != RESOLUTION:  # it resizes the 224 px crop; a larger decode adds nothing below 224 px
+            return
         sides = range(4 * patch, RESOLUTION + 1, patch)
         for h in sides:
             for w in sides:
@@ -69,7 +75,7 @@ def grid(name: str, patch: int = 14, depth: int = 12) -> Iterator[tuple[object, 
             for k1 in (0.25, 0.5, 0.75, 1.0):
                 for k2 in (0.25, 0.5, 1.0):
                     for mode, fuse in (("topk", False), ("topk", True), ("sample", False)):
-                        yield make(name, settings=Settings(f, k1, k2, mode, fuse, RESOLUTION)), (f, mode, fuse)
+                        yield make(name, settings=Settings(f, k1, k2, mode, fuse, side)), (f, mode, fuse)
     else:
         raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
 
@@ -236,6 +242,7 @@ def reported(cache: Cache, model, win: dict, split: Split, full_gflops: float, b
     gflops = np.concatenate([sel["gflops"], rep["gflops"]])
     all_ = score(split, idx, preds)
     return {"settings": win["settings"], "top1": all_["top1"], "top1_select": win["top1_select"],
+            "gflops_select": win["gflops_select"],
             "top1_report": score(split, split.report, np.array(rep["preds"]))["top1"],
             "weighted_f1": all_["weighted_f1"], "gflops": float(gflops.mean()),
             "gflops_share": float(gflops.mean() / full_gflops), "_strategy": win["strategy"]}
@@ -264,33 +271,75 @@ def choose(cache: Cache, model, candidates: Sequence[tuple[object, object]], spl
     return points
 
 
-def choose_default(cache: Cache, model, split: Split, full_gflops: float, max_share: float, batch: int,
-                   probe: torch.Tensor) -> dict:
+@dataclasses.dataclass
+class Venue:
+    """The same images decoded at one side (same halves), the cache of their evaluations, and the probe
+    images grid settings are costed on."""
+    side: int
+    split: Split
+    cache: Cache
+    probe: torch.Tensor
+
+
+def best_of(tried: Sequence[tuple[Venue, dict]]) -> tuple[Venue, dict]:
+    """The best (venue, point) on the select half: within the budget's tolerance first, then top-1, then fewer
+    GFLOPs (on the select half: the report half never decides)."""
+    return max(tried, key=lambda t: (t[1].get("within_tolerance", True), t[1]["top1_select"],
+                                     -t[1]["gflops_select"]))
+
+
+def choose_at_sides(model, name: str, venues: Sequence[Venue], full_gflops: float, budgets: Sequence[float],
+                    n_candidates: int, batch: int) -> list[dict]:
+    """`choose` at every decode side (n candidates each), then per budget the best of the sides on the
+    select half; the point records its `side` and every side's candidates."""
+    depth = len(model.vit.blocks)
+    per_side = []
+    for v in venues:
+        candidates = list(grid(name, model.patch, depth, v.side))
+        if candidates:
+            per_side.append((v, choose(v.cache, model, candidates, v.split, full_gflops, budgets, n_candidates,
+                                       batch, v.probe, f"{name} at {v.side} px")))
+    points = []
+    for i, budget in enumerate(budgets):
+        tried = [(v, pts[i]) for v, pts in per_side if pts[i].get("settings")]
+        if not tried:
+            points.append({"budget": budget, "settings": None, "missing": "no setting of the grid fits this budget"})
+            continue
+        v, win = best_of(tried)
+        points.append({**win, "side": v.side,
+                       "candidates": [{**c, "side": u.side} for u, p in tried for c in p["candidates"]]})
+    return points
+
+
+def choose_default(model, venues: Sequence[Venue], full_gflops: float, max_share: float, batch: int) -> dict:
     """A default setting for the card: the best top-1 on the select half among AdaViT's top-k settings (the
-    deterministic ones, which the app opens at and `export` traces) costing at most `max_share` of the
-    full-token GFLOPs, reported on the other half and on all. Chosen like every budget's point, so the
-    default's reported accuracy is not chosen on the images it is reported on."""
+    deterministic ones, which the app opens at and `export` traces) at every decode side, costing at most
+    `max_share` of the full-token GFLOPs, reported on the other half and on all. Chosen like every budget's
+    point, so the default's reported accuracy is not chosen on the images it is reported on."""
     ceiling = max_share * full_gflops
-    fit = [s for s, (_, mode, _) in grid("adavit", model.patch, len(model.vit.blocks))
-           if mode == "topk" and costed(cache, model, s, probe) <= ceiling]
-    tried = [t for t in (on_select(cache, model, s, split, batch)
-                         for s in tqdm(fit, desc="default: the settings that fit", unit="setting", leave=False))
-             if t["gflops_select"] <= ceiling]
+    tried = []
+    for v in venues:
+        fit = [s for s, (_, mode, _) in grid("adavit", model.patch, len(model.vit.blocks), v.side)
+               if mode == "topk" and costed(v.cache, model, s, v.probe) <= ceiling]
+        for s in tqdm(fit, desc=f"default: the settings that fit at {v.side} px", unit="setting", leave=False):
+            t = on_select(v.cache, model, s, v.split, batch)
+            if t["gflops_select"] <= ceiling:
+                tried.append((v, t))
     if not tried:
         return {"max_share": max_share, "settings": None,
                 "missing": f"no top-k setting of the grid costs at most {max_share:.0%} of the full-token GFLOPs"}
-    win = max(tried, key=lambda t: (t["top1_select"], -t["gflops_select"]))
-    return {"max_share": max_share, **reported(cache, model, win, split, full_gflops, batch),
+    v, win = best_of(tried)
+    return {"max_share": max_share, **reported(v.cache, model, win, v.split, full_gflops, batch), "side": v.side,
             "candidates": len(tried)}
 
 
-def latencies(model, chosen: dict[str, object], images: torch.Tensor, runs_b1: int, runs_b32: int) -> dict:
-    """{key: (batch-1 ms, batch-32 ms)}: every chosen point timed in alternating rounds."""
-    x1, x32 = images[:1], images[:32]
+def latencies(model, chosen: dict[str, tuple[object, torch.Tensor]], runs_b1: int, runs_b32: int) -> dict:
+    """{key: (batch-1 ms, batch-32 ms)}: every chosen (strategy, its images) timed in alternating rounds."""
     print(f"latency: {len(chosen)} forwards, batch 1 x {runs_b1} rounds, batch 32 x {runs_b32} rounds", flush=True)
-    b1 = interleaved_medians({k: (lambda s=s: s.forward(model, x1)) for k, s in chosen.items()}, runs_b1)
-    b32 = interleaved_medians({k: (lambda s=s: s.forward(model, x32)) for k, s in chosen.items()}, runs_b32,
-                              warmup=1)
+    b1 = interleaved_medians({k: (lambda s=s, x=x[:1]: s.forward(model, x)) for k, (s, x) in chosen.items()},
+                             runs_b1)
+    b32 = interleaved_medians({k: (lambda s=s, x=x[:32]: s.forward(model, x)) for k, (s, x) in chosen.items()},
+                              runs_b32, warmup=1)
     return {k: (b1[k], b32[k]) for k in chosen}
 
 
@@ -321,30 +370,44 @@ def run(args: argparse.Namespace) -> dict:
     spec, data_seed = data.card_data(checkpoint.read_card(weights), args.data)
     root = data.resolve_data_root(args.data_root) if spec == data.labelled.FLOWERS else None
     held = held_out_files(weights) if args.on == "holdout" else ()
-    split = load_split(root, args.select_per_class, args.seed, args.workers, args.per_class, spec, data_seed,
-                       RESOLUTION, held)
+    sides = args.sides or (RESOLUTION, RESOLUTION + model.region)
+    for side in sides:
+        check_side(side, "--sides", model.patch)
+    if RESOLUTION not in sides:
+        raise ValueError(f"--sides {','.join(map(str, sides))} must include {RESOLUTION}: the budgets are shares of "
+                         f"the full-token GFLOPs at {RESOLUTION} px")
+    cache_path = Path(str(args.json) + ".cache.jsonl")
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    venues = []
+    for side in sorted(set(sides)):
+        s = load_split(root, args.select_per_class, args.seed, args.workers, args.per_class, spec, data_seed, side,
+                       held)
+        probe = s.images[torch.as_tensor(s.select[:: max(1, len(s.select) // args.probe)][: args.probe])]
+        venues.append(Venue(side, s, Cache(cache_path, fingerprint(weights, s)), probe))
     where = "held-out train images" if held else "val images"
-    cache = Cache(Path(str(args.json) + ".cache.jsonl"), fingerprint(weights, split))
+    base = next(v for v in venues if v.side == RESOLUTION)
+    split, cache = base.split, base.cache
     full = make("resolution", size=(RESOLUTION, RESOLUTION))
     row = evaluated(cache, model, full, split, "all", args.batch_size)
     full_gflops = float(np.mean(row["gflops"]))
     all_idx = np.arange(len(split.targets))
     full_scores = score(split, all_idx, np.array(row["preds"]))
-    probe = split.images[torch.as_tensor(split.select[:: max(1, len(split.select) // args.probe)][: args.probe])]
     strategies = {}
     for name in tqdm(args.strategies, desc="strategies", unit="strategy"):
-        strategies[name] = choose(cache, model, list(grid(name, model.patch, len(model.vit.blocks))), split,
-                                  full_gflops, args.budgets, args.candidates, args.batch_size, probe, name)
-        best = [f"{p['budget']:.0%}: {100 * p['top1']:.2f}%" for p in strategies[name] if p.get("settings")]
+        strategies[name] = choose_at_sides(model, name, venues, full_gflops, args.budgets, args.candidates,
+                                           args.batch_size)
+        best = [f"{p['budget']:.0%}: {100 * p['top1']:.2f}% at {p['side']} px"
+                for p in strategies[name] if p.get("settings")]
         tqdm.write(f"{name}: {', '.join(best)}")
-    default = (choose_default(cache, model, split, full_gflops, args.default_share, args.batch_size, probe)
+    default = (choose_default(model, venues, full_gflops, args.default_share, args.batch_size)
                if args.default_share else None)
-    chosen = {"full": full, **{f"{n}@{p['budget']}": p["_strategy"] for n, pts in strategies.items()
-                                for p in pts if p.get("settings")}}
+    report_images = {v.side: v.split.images[torch.as_tensor(v.split.report)] for v in venues}
+    chosen = {"full": (full, report_images[RESOLUTION]),
+              **{f"{n}@{p['budget']}": (p["_strategy"], report_images[p["side"]])
+                 for n, pts in strategies.items() for p in pts if p.get("settings")}}
     if default and default.get("settings"):
-        chosen["default"] = default.pop("_strategy")
-    lat = latencies(model, chosen, split.images[torch.as_tensor(split.report)], args.latency_runs,
-                    args.latency_runs_b32) if args.latency_runs else {}
+        chosen["default"] = (default.pop("_strategy"), report_images[default["side"]])
+    lat = latencies(model, chosen, args.latency_runs, args.latency_runs_b32) if args.latency_runs else {}
     for n, pts in strategies.items():
         for p in pts:
             p.pop("_strategy", None)
@@ -362,7 +425,8 @@ def run(args: argparse.Namespace) -> dict:
             "select": f"{len(split.select)} {where}, {args.select_per_class} per class "
                       f"(stratified, seed {args.seed})",
             "report": f"the other {len(split.report)} {where}", "all": f"{len(split.targets)} {where}",
-            "tolerance": TOLERANCE, "candidates_per_budget": args.candidates, "probe_images": len(probe),
+            "tolerance": TOLERANCE, "candidates_per_budget": args.candidates, "probe_images": len(base.probe),
+            "sides": sorted(set(sides)),
             "gflops": f"mean per image; {CONVENTION}", "resolution": RESOLUTION,
             "latency": f"median ms, batch 1 ({args.latency_runs} rounds) and batch 32 ({args.latency_runs_b32} "
                        f"rounds), all points in alternating rounds, {torch.get_num_threads()} threads",
@@ -393,6 +457,14 @@ def set_default(weights: Path, out: dict) -> dict:
     return settings
 
 
+def ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers such as 224,252, got {text!r}") \
+            from None
+
+
 def names(text: str) -> list[str]:
     out = [x.strip() for x in text.split(",") if x.strip()]
     bad = [x for x in out if x not in STRATEGIES]
@@ -417,7 +489,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help=f"weights (default {checkpoint.SHIPPED})")
     p.add_argument("--strategies", type=names, default=list(STRATEGIES), help="comma-separated subset")
     p.add_argument("--budgets", type=floats, default=list(BUDGETS), help="shares of the full-token GFLOPs")
-    p.add_argument("--candidates", type=int, default=3, help="settings evaluated per strategy and budget")
+    p.add_argument("--candidates", type=int, default=3, help="settings evaluated per strategy, budget and side")
+    p.add_argument("--sides", type=ints, default=None,
+                   help="image sides the strategies may take, comma-separated (default: 224 and one ring of 2x2-patch "
+                        "regions more, 252 px for 14 px patches); 224 must be one")
     p.add_argument("--select-per-class", type=int, default=SELECT_PER_CLASS)
     p.add_argument("--seed", type=int, default=SEED, help="seed of the select/report split")
     p.add_argument("--probe", type=int, default=4, help="images each adaptive grid setting is costed on")

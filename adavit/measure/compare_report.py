@@ -22,7 +22,7 @@ def figure(out: dict, title: str = "Token reduction at matched compute, Flowers-
             fig.add_trace(go.Scatter(
                 x=[p[key] for p in pts], y=[100 * p["top1"] for p in pts], mode="lines+markers", name=name,
                 line={"color": COLOURS.get(name)}, legendgroup=name, showlegend=col == 1,
-                text=[f"{name} @ {p['budget']:.0%}<br>{p['settings']}<br>top-1 {100 * p['top1']:.2f}% "
+                text=[f"{name} @ {p['budget']:.0%}{at_side(p)}<br>{p['settings']}<br>top-1 {100 * p['top1']:.2f}% "
                       f"(report half {100 * p['top1_report']:.2f}%)" for p in pts], hoverinfo="text"),
                 row=1, col=col)
         full = out["full"]
@@ -41,7 +41,13 @@ def _cell(p: dict | None) -> str:
     if not p or p.get("settings") is None:
         return "n/a"
     flag = "" if p.get("within_tolerance", True) else " (off budget)"
-    return f"{100 * p['top1']:.2f}% ({100 * p['top1_report']:.2f}%) @ {p['gflops']:.2f}{flag}"
+    return f"{100 * p['top1']:.2f}% ({100 * p['top1_report']:.2f}%) @ {p['gflops']:.2f}{at_side(p)}{flag}"
+
+
+def at_side(p: dict) -> str:
+    """Where a point took a larger decode than the 224 px the budgets are shares of, say so."""
+    side = p.get("side", 224)
+    return "" if side == 224 else f" [{side} px]"
 
 
 def margins(out: dict) -> list[dict]:
@@ -79,7 +85,9 @@ def markdown(out: dict) -> str:
         "",
         f"On {out['protocol']['all']}. Every token: {100 * f['top1']:.2f}% top-1 at {f['gflops']:.2f} GFLOPs. "
         "Cells: top-1 on all of them "
-        f"(on the report half) @ mean GFLOPs. Settings chosen on the select half: {out['protocol']['select']}; "
+        f"(on the report half) @ mean GFLOPs; [N px]: the point took the images decoded at N px (sides "
+        f"offered: {', '.join(map(str, out['protocol'].get('sides', [224])))} px). "
+        f"Settings chosen on the select half: {out['protocol']['select']}; "
         f"the report half is {out['protocol']['report']}. GFLOPs: {out['protocol']['gflops']}.",
         f"Command: `{out['command']}`",
     ]
@@ -96,6 +104,6 @@ def markdown(out: dict) -> str:
         if f.get("latency_ms_b1") is not None:
             lines.append(f"| every token | 100% | 224 px | {f['latency_ms_b1']:.1f} | {f['latency_ms_b32']:.0f} |")
         for n, p in lat:
-            lines.append(f"| {n} | {p['budget']:.0%} | `{p['settings']}` | {p['latency_ms_b1']:.1f} | "
+            lines.append(f"| {n} | {p['budget']:.0%} | `{p['settings']}`{at_side(p)} | {p['latency_ms_b1']:.1f} | "
                          f"{p['latency_ms_b32']:.0f} |")
     return "\n".join(lines)

@@ -90,10 +90,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing:
         print(f"note: not installed, their photos are left out: {', '.join(missing)} "
               "(pip install -r requirements-test.txt)", file=sys.stderr)
-    settings = settings_from(card)
+    stats = None if args.refit else for_checkpoint(weights, card)
+    calibrated = (stats.info.get("settings") if stats is not None else None) or None
+    # the statistics score features of the setting they were fitted at (as the app does), which may not be
+    # the card's default any more; --refit fits them at the default
+    settings = Settings(**calibrated) if calibrated else settings_from(card)
     model = checkpoint.load_model(weights)
     val = features(model, val_files, settings, desc="val features")
-    stats = None if args.refit else for_checkpoint(weights, card)
     fitted = stats is None
     if fitted:
         stats = fit_and_save(model, weights, card, root, settings, val)

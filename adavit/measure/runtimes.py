@@ -75,7 +75,7 @@ def scored_qkv(model: AdaViT) -> set[nn.Module]:
 
 
 def build(cells: list[Cell], model: AdaViT, plain: nn.Module, settings: Settings,
-          folder: Path) -> dict[tuple, Callable[[torch.Tensor], object]]:
+          folder: Path, full_side: int = 224) -> dict[tuple, Callable[[torch.Tensor], object]]:
     """A forward `f(images)` for each cell; ONNX files are written (and int8-quantized) under `folder`."""
     fns: dict[tuple, Callable[[torch.Tensor], object]] = {}
     onnx: dict[tuple[str, str], Path] = {}
@@ -88,7 +88,7 @@ def build(cells: list[Cell], model: AdaViT, plain: nn.Module, settings: Settings
             continue
         fp32 = onnx.get(("fp32", cell.model))
         if fp32 is None:
-            fp32 = (export_plain(plain, folder / "full.onnx", settings.resolution) if cell.model == "full"
+            fp32 = (export_plain(plain, folder / "full.onnx", full_side) if cell.model == "full"
                     else export_onnx(model, folder / "adavit.onnx", settings).path)
             onnx[("fp32", cell.model)] = fp32
         path = fp32 if cell.precision == "fp32" else quantize_int8(fp32, folder / f"{cell.model}.int8.onnx")
@@ -98,16 +98,16 @@ def build(cells: list[Cell], model: AdaViT, plain: nn.Module, settings: Settings
 
 
 def measure_cells(cells: list[Cell], model: AdaViT, plain: nn.Module, settings: Settings,
-                  images: torch.Tensor, runs: int, timer, gflops: dict[str, float]) -> list[dict]:
-    """`timer(fns, runs, warmup)` -> median ms per key; gflops: {"full": ..., "adavit": ...} (fp32 eager count)."""
+                  images: dict[str, torch.Tensor], runs: int, timer, gflops: dict[str, float]) -> list[dict]:
+    """`timer(fns, runs, warmup)` -> median ms per key; images and gflops: {"full": ..., "adavit": ...} (the same
+    photos at each model's side; GFLOPs counted on the fp32 eager forward)."""
     with tempfile.TemporaryDirectory() as tmp:
         print(f"  preparing {len(cells)} cells (ONNX export and int8 quantization where needed) ...", flush=True)
-        fns = build(cells, model, plain, settings, Path(tmp))
-        x1 = images[:1]
+        fns = build(cells, model, plain, settings, Path(tmp), images["full"].shape[-1])
         print(f"  batch 1: {runs} rounds of {len(fns)} forwards ...", flush=True)
-        b1 = timer({k: (lambda f=f: f(x1)) for k, f in fns.items()}, runs)
-        print(f"  batch {len(images)}: {runs} rounds ...", flush=True)
-        bn = timer({k: (lambda f=f: f(images)) for k, f in fns.items()}, runs, warmup=1)
+        b1 = timer({k: (lambda f=f, x=images[k[2]][:1]: f(x)) for k, f in fns.items()}, runs)
+        print(f"  batch {len(images['full'])}: {runs} rounds ...", flush=True)
+        bn = timer({k: (lambda f=f, x=images[k[2]]: f(x)) for k, f in fns.items()}, runs, warmup=1)
     ref_b1, ref_bn = b1.get(REFERENCE), bn.get(REFERENCE)
     out = []
     for c in cells:
