@@ -176,6 +176,14 @@ def test_readouts(tiny):
     assert "Untrained" in readouts.hint(r, trained=False)
     assert r.ood is None and "No out-of-distribution check" in readouts.hint(r, trained=True)  # no statistics
     assert list(readouts.top5(r)) == [n for n, _ in r.top5]
+    assert r.reference is None and "against every token at 224 px" not in html
+    # another side: also against every token at 224 px, the side compare's budgets are shares of
+    r252 = an.analyze(FLOWER, Settings(resolution=252))
+    full224 = an.costs.full(prepare(load_image(FLOWER).image, 224).tensor)
+    assert r252.reference == full224 and r252.gflops_full > full224[1]
+    html = readouts.stats_html(r252, 42.0, 7.0)
+    assert "against every token at 224 px" in html and f"{full224[1]:.2f} GFLOPs" in html
+    assert r252.to_json()["gflops_full_224"] == round(full224[1], 4) and "gflops_full_224" not in r.to_json()
 
 
 def test_default_model_says_which_weights(tmp_path, monkeypatch):

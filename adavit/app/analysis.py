@@ -31,6 +31,7 @@ from . import overlay
 from .cost import Costs
 
 MODE_CHOICES = ("top-k", "sample", "top-k + fuse", "sample + fuse")
+REFERENCE_SIDE = 224  # compare's budgets and the README's targets are shares of the full-token forward here
 STAGE1_RUNS = 2  # patching + stage 1 timed twice per (image, fine ratio); the faster run is shown
 
 
@@ -89,6 +90,9 @@ class Analysis:
     cached: bool = False  # True when the model did not run for this call
     ood: OODScore | None = None  # distance to the training classes; None when the model has no statistics
     tokens_full: int = 0  # tokens of the plain ViT on the same input, prefix included
+    # full-token (latency ms, GFLOPs) at the reference side (224 px, which every README target names), when
+    # the setting runs at another side; None at 224
+    reference: tuple[float, float] | None = None
 
     @property
     def tokens_per_stage(self) -> tuple[int, ...]:
@@ -115,6 +119,8 @@ class Analysis:
             "gflops_full": round(self.gflops_full, 4),
             "latency_ms": round(self.latency_ms, 2),
             "latency_ms_full": round(self.latency_ms_full, 2),
+            **({f"gflops_full_{REFERENCE_SIDE}": round(self.reference[1], 4),
+                f"latency_ms_full_{REFERENCE_SIDE}": round(self.reference[0], 2)} if self.reference else {}),
             "ood": self.ood.to_json() if self.ood is not None else None,
             "settings": self.settings.to_dict(),
             "notes": list(self.notes),
@@ -213,6 +219,9 @@ class Analyzer:
                        else self.analyze(source, at).ood)  # one forward more per photo, then cached
             gflops = self.costs.gflops(pred)
             full_ms, full_gflops = self.costs.full(self._input(prep))
+            reference = None
+            if settings.resolution != REFERENCE_SIDE and REFERENCE_SIDE % (2 * self.patch) == 0:
+                reference = self.costs.full(self._input(self._prepared(entry, REFERENCE_SIDE)))
         trace = pred.traces()[0]
         h, w = trace.size  # the model's input: the crop resized (a timm ViT may round it to its patch)
         crop_w, crop_h = prep.crop.size
@@ -222,6 +231,7 @@ class Analyzer:
             settings, trace, probs, [(self.class_names[i], float(probs[i])) for i in order],
             gflops, full_gflops, s1_ms, rest_ms, full_ms, entry.loaded.notes, ood=ood,
             tokens_full=(h // self.patch) * (w // self.patch) + getattr(self.model, "num_prefix", 1),
+            reference=reference,
         )
         with self._lock:
             _lru_put(entry.results, settings, result, 64)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import html
 
-from .analysis import Analysis
+from .analysis import REFERENCE_SIDE, Analysis
 from .cost import flop_convention
 
 
@@ -56,6 +56,13 @@ def stats_html(result: Analysis, server_ms: float, render_ms: float) -> str:
          f"full-token {result.gflops_full:.2f} ({_ratio(result.gflops, result.gflops_full)})"),
         ("latency, batch 1", f"<b>{result.latency_ms:.1f} ms</b>",
          f"full-token {result.latency_ms_full:.1f} ms ({_ratio(result.latency_ms, result.latency_ms_full)})"),
+    ]
+    if result.reference:  # another side than the one compare's budgets and the README's targets are set at
+        ref_ms, ref_gflops = result.reference
+        rows.append((f"against every token at {REFERENCE_SIDE} px", "",
+                     f"{ref_gflops:.2f} GFLOPs ({_ratio(result.gflops, ref_gflops)}), {ref_ms:.1f} ms "
+                     f"({_ratio(result.latency_ms, ref_ms)})"))
+    rows += [
         ("server time", f"<b>{server_ms:.0f} ms</b>",
          "from the request to these overlays and numbers" + (" (cached: no model run)" if result.cached else "")),
     ]
