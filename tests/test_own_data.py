@@ -245,6 +245,27 @@ def test_compare_and_sweep_run_on_a_patch16_checkpoint_of_an_image_folder(folder
     assert sizes and all(s % 16 == 0 for size in sizes for s in size)
     assert res["full"]["gflops"] == pytest.approx(2 * 4.6, rel=0.05)  # DeiT-S at 224: 196 patches + CLS
     assert res["protocol"]["all"] == "20 val images" and res["protocol"]["select"].startswith("10 val images")
+    at = tmp_path / "at.json"  # the same checkpoint at the points it chose: the same numbers, nothing searched
+    assert compare([*common[:2], "--json", str(at), *common[4:], "--at", str(out)]) == 0
+    again = json.loads(at.read_text())
+    assert again["at"] == str(out) and again["budgets"] == res["budgets"]
+    for name in ("adavit", "resolution"):
+        for p, q in zip(res["strategies"][name], again["strategies"][name], strict=True):
+            assert (q.get("settings"), q.get("side")) == (p.get("settings"), p.get("side"))
+            if p.get("settings"):
+                assert (q["top1"], q["top1_report"], q["gflops"]) == (p["top1"], p["top1_report"], p["gflops"])
+                assert "candidates" not in q
+    assert again["default"]["settings"] == default["settings"] and again["default"]["top1"] == default["top1"]
+    assert f"the default `{out}` chose" in at.with_suffix(".md").read_text()
+    assert compare([*common[:2], "--json", str(at), *common[4:], "--at", str(out), "--default-share", "0.4"]) == 2
+    assert "--at re-measures the default" in capsys.readouterr().err
+    assert compare([*common[:2], "--json", str(at), "--strategies", "tome", *common[6:], "--at", str(out)]) == 2
+    assert "has no points of tome (it has resolution, adavit)" in capsys.readouterr().err
+    assert compare([*common[:2], "--json", str(at), *common[4:], "--at", str(tmp_path / "nope.json")]) == 2
+    assert "no such file; give the --json of an earlier compare run" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{not json")
+    assert compare([*common[:2], "--json", str(at), *common[4:], "--at", str(tmp_path / "bad.json")]) == 2
+    assert "is not a compare JSON file" in capsys.readouterr().err
     assert sweep(["--checkpoint", str(export), "--json", str(tmp_path / "sweep.json"), "--fine-ratios", "0.5",
                   "--keeps1", "0.5", "--keeps2", "0.5", "--resolutions", "128", "--latency-runs", "0",
                   "--update-card"]) == 0

@@ -14,6 +14,10 @@ The resolution baseline resizes the 224 px crop, which holds everything it can u
 Latency: batch-1 and batch-32 medians of every chosen point and the full-token forward, timed in
 alternating rounds in one process. Per-point results are cached in `<json>.cache.jsonl`, so an
 interrupted run resumes where it stopped.
+
+`--at results/compare.json` measures another checkpoint at the points that run chose, with no search:
+two checkpoints on the same settings differ only by their weights, not by which settings the select
+half happened to favour.
 """
 from __future__ import annotations
 
@@ -311,6 +315,43 @@ def choose_at_sides(model, name: str, venues: Sequence[Venue], full_gflops: floa
     return points
 
 
+def at_points(model, name: str, chosen: Sequence[dict], venues: Sequence[Venue], full_gflops: float,
+              batch: int) -> list[dict]:
+    """The points another run chose (`chosen`: its JSON points of strategy `name`), re-measured: the same
+    settings at the same side, nothing searched."""
+    by_side = {v.side: v for v in venues}
+    points = []
+    for p in chosen:
+        if not p.get("settings"):
+            points.append({k: p[k] for k in ("budget", "settings", "missing") if k in p})
+            continue
+        v = by_side.get(p.get("side", RESOLUTION))
+        if v is None:
+            raise ValueError(f"the {name} point at {p['budget']:.0%} was chosen at {p['side']} px, which --sides "
+                             f"{','.join(str(u.side) for u in venues)} leaves out")
+        win = on_select(v.cache, model, from_description(name, p["settings"]), v.split, batch)
+        points.append({"budget": p["budget"], **reported(v.cache, model, win, v.split, full_gflops, batch),
+                       "side": v.side})
+    return points
+
+
+def read_points(path: Path, strategies: Sequence[str]) -> dict:
+    """The chosen points of an earlier `compare --json` file, for --at."""
+    try:
+        earlier = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--at {path}: no such file; give the --json of an earlier compare run") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--at {path} is not a compare JSON file ({e})") from None
+    if not isinstance(earlier, dict) or not isinstance(earlier.get("strategies"), dict):
+        raise ValueError(f"--at {path} is not a compare JSON file: it has no \"strategies\"")
+    missing = [n for n in strategies if n not in earlier["strategies"]]
+    if missing:
+        raise ValueError(f"--at {path} has no points of {', '.join(missing)} (it has "
+                         f"{', '.join(earlier['strategies'])}); pass --strategies among those")
+    return earlier
+
+
 def choose_default(model, venues: Sequence[Venue], full_gflops: float, max_share: float, batch: int) -> dict:
     """A default setting for the card: the best top-1 on the select half among AdaViT's top-k settings (the
     deterministic ones, which the app opens at and `export` traces) at every decode side, costing at most
@@ -361,6 +402,7 @@ def held_out_files(base: Path, variants: dict[str, str] | None = None) -> tuple[
 def run(args: argparse.Namespace) -> dict:
     t0 = time.time()
     load_at_start = list(os.getloadavg())
+    earlier = read_points(args.at, args.strategies) if args.at else None
     weights = Path(args.checkpoint) if args.checkpoint else checkpoint.SHIPPED
     model = checkpoint.load_model(weights)
     if any(model.config.windows):  # the peers run timm's blocks with global attention only
@@ -394,13 +436,21 @@ def run(args: argparse.Namespace) -> dict:
     full_scores = score(split, all_idx, np.array(row["preds"]))
     strategies = {}
     for name in tqdm(args.strategies, desc="strategies", unit="strategy"):
-        strategies[name] = choose_at_sides(model, name, venues, full_gflops, args.budgets, args.candidates,
-                                           args.batch_size)
+        strategies[name] = (at_points(model, name, earlier["strategies"][name], venues, full_gflops, args.batch_size)
+                            if earlier else
+                            choose_at_sides(model, name, venues, full_gflops, args.budgets, args.candidates,
+                                            args.batch_size))
         best = [f"{p['budget']:.0%}: {100 * p['top1']:.2f}% at {p['side']} px"
                 for p in strategies[name] if p.get("settings")]
         tqdm.write(f"{name}: {', '.join(best)}")
     default = (choose_default(model, venues, full_gflops, args.default_share, args.batch_size)
                if args.default_share else None)
+    if earlier and earlier.get("default", {}).get("settings"):
+        was = earlier["default"]
+        default = {"max_share": was["max_share"],
+                   **at_points(model, "adavit", [{"budget": was["max_share"], **was}], venues, full_gflops,
+                               args.batch_size)[0]}
+        default.pop("budget")
     report_images = {v.side: v.split.images[torch.as_tensor(v.split.report)] for v in venues}
     chosen = {"full": (full, report_images[RESOLUTION]),
               **{f"{n}@{p['budget']}": (p["_strategy"], report_images[p["side"]])
@@ -417,7 +467,8 @@ def run(args: argparse.Namespace) -> dict:
         default["latency_ms_b1"], default["latency_ms_b32"] = lat.get("default", (None, None))
     b1, b32 = lat.get("full", (None, None))
     return {
-        "on": args.on, "budgets": list(args.budgets), **({"default": default} if default else {}),
+        "on": args.on, "budgets": earlier["budgets"] if earlier else list(args.budgets),
+        **({"at": str(args.at)} if args.at else {}), **({"default": default} if default else {}),
         "full": {"settings": describe(full), "top1": full_scores["top1"], "weighted_f1": full_scores["weighted_f1"],
                  "gflops": full_gflops, "latency_ms_b1": b1, "latency_ms_b32": b32},
         "strategies": strategies,
@@ -505,6 +556,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--default-share", type=float, default=None,
                    help="also choose a default setting: the best top-k AdaViT setting on the select half costing at "
                         "most this share of the full-token GFLOPs (e.g. 0.333 for 3x fewer)")
+    p.add_argument("--at", type=Path, default=None,
+                   help="measure at the points an earlier run chose (its --json), searching nothing: compares "
+                        "checkpoints on the same settings")
     p.add_argument("--set-default", action="store_true",
                    help="write that default into the card's default_settings (needs --default-share)")
     return p
@@ -521,6 +575,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.default_share is not None and not 0 < args.default_share <= 1:
         print(f"error: --default-share is a share of the full-token GFLOPs in (0, 1], got {args.default_share}",
+              file=sys.stderr)
+        return 2
+    if args.at and (args.default_share is not None or args.set_default):
+        print(f"error: --at re-measures the default {args.at} chose (if any); drop --default-share and --set-default",
               file=sys.stderr)
         return 2
     if args.set_default and args.default_share is None:

@@ -81,23 +81,27 @@ def markdown(out: dict) -> str:
                                           f"(report half: {100 * m['margin_report']:+.2f} vs {m['best_other_report']})")
         lines.append(f"| {budget:.0%} ({budget * out['full']['gflops']:.2f}) | " + " | ".join(cells) + f" | {margin} |")
     f = out["full"]
+    chosen = (f"Settings: the points `{out['at']}` chose, nothing searched; select half: " if out.get("at") else
+              "Settings chosen on the select half: ")
     lines += [
         "",
         f"On {out['protocol']['all']}. Every token: {100 * f['top1']:.2f}% top-1 at {f['gflops']:.2f} GFLOPs. "
         "Cells: top-1 on all of them "
         f"(on the report half) @ mean GFLOPs; [N px]: the point took the images decoded at N px (sides "
         f"offered: {', '.join(map(str, out['protocol'].get('sides', [224])))} px). "
-        f"Settings chosen on the select half: {out['protocol']['select']}; "
+        f"{chosen}{out['protocol']['select']}; "
         f"the report half is {out['protocol']['report']}. GFLOPs: {out['protocol']['gflops']}.",
         f"Command: `{out['command']}`",
     ]
     d = out.get("default")
     if d:
-        lines += ["", f"Default setting (the best top-k setting on the select half at most {d['max_share']:.1%} of "
-                      "the full-token GFLOPs): " + ("n/a, " + d["missing"] if d.get("settings") is None else
+        how = (f"the default `{out['at']}` chose" if out.get("at") else
+               f"the best top-k setting on the select half at most {d['max_share']:.1%} of the full-token GFLOPs")
+        of = f", of {d['candidates']} settings that fit" if "candidates" in d else ""
+        lines += ["", f"Default setting ({how}): " + ("n/a, " + d["missing"] if d.get("settings") is None else
                   f"`{d['settings']['settings']}`, top-1 {100 * d['top1']:.2f}% on all (report half "
                   f"{100 * d['top1_report']:.2f}%), weighted F1 {100 * d['weighted_f1']:.2f}%, {d['gflops']:.2f} "
-                  f"GFLOPs ({f['gflops'] / d['gflops']:.2f}x fewer), of {d['candidates']} settings that fit.")]
+                  f"GFLOPs ({f['gflops'] / d['gflops']:.2f}x fewer){of}.")]
     lat = [(n, p) for n in names for p in measured(out["strategies"][n]) if p.get("latency_ms_b1") is not None]
     if lat:
         lines += ["", "| strategy | budget | settings | batch-1 ms | batch-32 ms |", "|---|---|---|---|---|"]
