@@ -146,7 +146,8 @@ def test_closed_form_counts_the_learned_gate_and_scorers(learned_model, make_ima
     no_gate = flops.adavit_flops(replace(arch, gate_macs=0), (224, 224), out["pred"].tokens_per_stage[0].tolist(),
                                  fine=settings.fine_ratio > 0, coarse=settings.fine_ratio < 1,
                                  fused=[bool(s.fused.any()) for s in out["pred"].selections])
-    assert counted - no_gate == (2 * 64 * arch.gate_macs if mixed else 0)  # 64 regions at 224 px
+    # the gate's MLP on 64 regions at 224 px, and the 64 coarse embeddings it reads (a 14x14x3 -> 384 projection)
+    assert counted - no_gate == (2 * 64 * (arch.gate_macs + 14 * 14 * 3 * 384) if mixed else 0)
 
 
 def test_peers_on_a_learned_checkpoint_pay_for_the_attention_score(learned_model, make_images):

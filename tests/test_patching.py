@@ -67,6 +67,27 @@ def test_all_fine_is_the_plain_vit_embedding(model, make_images):
     assert torch.equal(layout.boxes[0, :3, :2], torch.tensor([[0.0, 0.0], [14.0, 0.0], [28.0, 0.0]]))
 
 
+def test_mixed_tokens_are_the_conv_embeddings_of_their_boxes(model, make_images):
+    """Only the chosen patches are projected; each token equals the conv embedding of its box
+    (the image for a fine token, its 2x area-downsampled copy for a coarse one) plus its position."""
+    x = make_images(2, 224, 280)
+    with torch.inference_mode():
+        tokens, layout = model.tokenize(x, 0.3)
+        proj = model.vit.patch_embed.proj
+        fine = proj(x).flatten(2).transpose(1, 2) + patching.position_grid(model.vit, (16, 20))
+        low = torch.nn.functional.avg_pool2d(x, 2)
+        _, coarse_pos = patching._positions(model.vit, (16, 20))
+        coarse = proj(low).flatten(2).transpose(1, 2) + coarse_pos
+    x0, y0 = layout.boxes[..., 0].long(), layout.boxes[..., 1].long()
+    fine_idx = (y0 // 14) * 20 + x0 // 14
+    coarse_idx = (y0 // 28) * 10 + x0 // 28
+    is_fine = (layout.scales == 1).unsqueeze(-1)
+    pick = lambda t, i: torch.gather(t, 1, i.unsqueeze(-1).expand(-1, -1, t.shape[-1]))  # noqa: E731
+    want = torch.where(is_fine, pick(fine, fine_idx), pick(coarse, coarse_idx))
+    assert 0 < int((layout.scales == 1).sum()) < layout.scales.numel()
+    torch.testing.assert_close(tokens.x[:, 1:], want, rtol=0, atol=1e-4)
+
+
 @pytest.mark.parametrize("side", [230, 14, 250])
 def test_side_not_a_multiple_of_28_raises(model, side):
     with pytest.raises(ValueError, match="multiple of 28 px"):

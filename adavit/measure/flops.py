@@ -26,10 +26,11 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from ..core.config import PATCH
+from ..core.patching import patch_embeddings
 
 # the closed form's version: caches of per-point GFLOPs (measure.compare) are keyed by it, so a
 # change to what is counted recomputes them instead of mixing two cost models in one table
-COST_MODEL = 2  # 2: the learned gate and scorers' MLPs are counted
+COST_MODEL = 3  # 2: the learned gate and scorers' MLPs are counted; 3: a mixed layout embeds its tokens only
 
 CONVENTION = "FLOPs = 2 x multiply-adds (torch.utils.flop_counter; matmuls, convs and attention only)"
 
@@ -161,12 +162,13 @@ def adavit_flops(
     """One image through AdaViT, exactly as the counter counts its batch-1 forward.
 
     size: model input (H, W). tokens_per_stage: tokens (CLS included) each stage ran on.
-    fine / coarse: whether the fine (every 14 px patch) / coarse (every 28 px region) embedding ran,
-    i.e. whether the image has any fine / coarse token. fused[s]: sampler s built a fused token.
+    fine / coarse: whether the image has any fine (one patch) / coarse (2x2-patch region) token; a
+    mixed layout embeds its own tokens only (core.patching.patch_embeddings). fused[s]: sampler s
+    built a fused token.
     """
     h, w = size
     grid = (h // arch.patch) * (w // arch.patch)
-    patch_tokens = grid * fine + grid // 4 * coarse
+    patch_tokens = patch_embeddings(grid, int(tokens_per_stage[0]) - arch.prefix, fine, coarse, arch.gate_macs > 0)
     per_block = [int(n) for n, blocks in zip(tokens_per_stage, arch.stages, strict=True) for _ in range(blocks)]
     flops = vit_flops(per_block, arch.dim, arch.hidden / arch.dim, patch_tokens, patch=arch.patch,
                       in_chans=arch.in_chans, head=arch.head, attn_dim=arch.attn_dim)

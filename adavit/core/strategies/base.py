@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..config import Sampling
-from ..patching import Layout, patch_size
+from ..patching import Layout, patch_embeddings, patch_size
 from ..sampler import Selection
 from ..stages import run_stages, split_blocks
 
@@ -27,7 +27,7 @@ class Outcome:
     logits: torch.Tensor  # (B, C)
     tokens_per_block: torch.Tensor  # (B, depth) tokens each block ran on, CLS included
     layout: Layout  # the stage-0 tokens (boxes in model-input pixels of `size`)
-    embedded: torch.Tensor  # (B,) patch-embedding conv applications (fine 14 px patches + coarse regions)
+    embedded: torch.Tensor  # (B,) patch projections the tokenizer ran (core.patching.patch_embeddings)
     selections: list[Selection] = field(default_factory=list)  # pruning: one per sampler
     scored: torch.Tensor | None = None  # (B, S) tokens (CLS incl.) entering each scored sampler
     fused: torch.Tensor | None = None  # (B, S) bool: sampler s built a fused token
@@ -52,12 +52,13 @@ def per_block(counts: list[torch.Tensor], sizes: tuple[int, ...]) -> torch.Tenso
 
 
 def embedded(layout: Layout, patch: int) -> torch.Tensor:
-    """How many patch-embedding applications the AdaViT tokenizer ran per image (fine grid, coarse grid)."""
+    """How many patch projections the AdaViT tokenizer ran per image (patching.patch_embeddings)."""
     h, w = layout.size
     grid = (h // patch) * (w // patch)
-    fine = (layout.scales == 1).any(1).long() * grid
-    coarse = (layout.scales == 2).any(1).long() * (grid // 4)
-    return fine + coarse
+    fine, coarse = (layout.scales == 1).any(1).tolist(), (layout.scales == 2).any(1).tolist()
+    n = [patch_embeddings(grid, layout.scales.shape[1], f, c, layout.gate_logits is not None)
+         for f, c in zip(fine, coarse, strict=True)]
+    return torch.tensor(n, device=layout.scales.device)
 
 
 def check_split(model, split: tuple[int, ...], n_keep: int) -> None:
