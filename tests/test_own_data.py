@@ -203,7 +203,7 @@ def test_a_timm_backbone_trains_a_step_exports_and_serves(folder, tmp_path, back
     assert r.tokens_per_stage[0] == model.num_prefix + len(r.trace.stage("patching").boxes)
 
 
-def test_compare_and_sweep_run_on_a_patch16_checkpoint_of_an_image_folder(folder, tmp_path, capsys):
+def test_compare_and_sweep_run_on_a_patch16_checkpoint_of_an_image_folder(folder, tmp_path, capsys, monkeypatch):
     """No --data: both read the folder the card names; the grids follow the 16 px patch."""
     from adavit.measure.compare import main as compare
     from adavit.measure.sweep import main as sweep
@@ -236,6 +236,28 @@ def test_compare_and_sweep_run_on_a_patch16_checkpoint_of_an_image_folder(folder
     assert "--set-default" in card["default_choice"]["command"]
     table = out.with_suffix(".md").read_text()
     assert "Default setting (the best top-k setting on the select half at most 40.0%" in table
+    assert compare([*common, "--default-speedup", "2.5"]) == 2
+    assert "give both" in capsys.readouterr().err
+    # --default-speedup: the best setting on the select half that is fast enough; timings replaced by a
+    # stand-in that calls the first setting tried too slow, then an impossible target
+    import adavit.measure.compare as compare_module
+    calls = []
+    monkeypatch.setattr(compare_module, "batch1_speedup", lambda model, plain, s, *_: calls.append(s) or
+                        (1.5 if len(calls) == 1 else 3.0))
+    fast = tmp_path / "fast.json"
+    shutil.copy(f"{out}.cache.jsonl", f"{fast}.cache.jsonl")  # the evaluations are the same; only the choice differs
+    assert compare([*common[:2], "--json", str(fast), *common[4:], "--default-share", "0.4",
+                    "--default-speedup", "2.5"]) == 0
+    chose = json.loads(fast.read_text())["default"]
+    assert [t["settings"] for t in chose["too_slow"]] == [default["settings"]]  # the select half's best
+    assert chose["too_slow"][0]["speedup_b1"] == 1.5 and chose["speedup_b1"] == 3.0 and len(calls) == 2
+    assert chose["settings"] != default["settings"] and chose["top1_select"] <= default["top1_select"]
+    assert "at least 2.5x faster than timm's full-token forward at batch 1" in fast.with_suffix(".md").read_text()
+    monkeypatch.setattr(compare_module, "batch1_speedup", lambda *_: 1.5)
+    assert compare([*common[:2], "--json", str(fast), *common[4:], "--default-share", "0.4",
+                    "--default-speedup", "2.5", "--set-default"]) == 2
+    assert "runs 2.5x faster than the full-token forward at batch 1" in capsys.readouterr().err
+    assert json.loads(export.with_suffix(".json").read_text())["default_settings"] == card["default_settings"]
     assert res["protocol"]["sides"] == [224, 256]  # by default one ring of 32 px regions more
     ada = [p for p in res["strategies"]["adavit"] if p.get("settings")]
     assert ada and all(p["side"] == p["settings"]["settings"]["resolution"] in (224, 256) for p in ada)

@@ -114,3 +114,13 @@ def test_bench_refuses_to_export_sample_mode(model, tmp_path, capsys):
 
 def test_a_cell_is_named_for_its_table_row():
     assert Cell("onnxruntime", "int8", "adavit").name() == "onnxruntime int8 adavit"
+
+
+def test_batch1_speedup_times_one_setting_and_leaves_the_layout_as_it_was(model, make_images, one_thread):
+    """compare's --default-speedup screen: bench's ratio with bench's CPU layout, which it undoes."""
+    settings = Settings(fine_ratio=0.1, keep1=0.5, keep2=0.25)  # ~20 tokens in stage 3: the column-major range
+    plain = bench.plain_vit(model, 224)
+    before = {k: v.stride() for k, v in model.state_dict().items()}
+    ratio = bench.batch1_speedup(model, plain, settings, make_images(1, 224, 224), make_images(1, 224, 224), runs=2)
+    assert ratio > 0 and ratio == ratio  # a finite ratio of two medians
+    assert {k: v.stride() for k, v in model.state_dict().items()} == before

@@ -143,6 +143,20 @@ def machine(load_at_start: list[float]) -> dict:
     }
 
 
+def batch1_speedup(model: AdaViT, plain: torch.nn.Module, settings: Settings, full_image: torch.Tensor,
+                   image: torch.Tensor, runs: int) -> float:
+    """`bench`'s batch-1 ratio for one setting: timm's full-token forward (`plain`, on `full_image`) over
+    AdaViT at `settings` with the CPU weight layout `bench` gives it, in alternating rounds. The model's
+    weight layout is restored afterwards, so settings can be screened one after another."""
+    latency.optimize_for_cpu(model, settings)
+    try:
+        ms = interleaved_medians({"full": lambda: plain(full_image[:1]), "adavit": lambda: model(image[:1], settings)},
+                                 runs)
+    finally:
+        latency.restore(model)
+    return ms["full"] / ms["adavit"]
+
+
 def measure(fwds: dict[str, tuple[Callable[[torch.Tensor], object], torch.Tensor]], runs: int) -> dict:
     """{name: (batch-1 ms, batch-N ms, counter GFLOPs of the batch-1 forward)} of each (forward, its images)."""
     n = len(next(iter(fwds.values()))[1])

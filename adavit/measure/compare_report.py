@@ -98,6 +98,11 @@ def markdown(out: dict) -> str:
         how = (f"the default `{out['at']}` chose" if out.get("at") else
                f"the best top-k setting on the select half at most {d['max_share']:.1%} of the full-token GFLOPs")
         of = f", of {d['candidates']} settings that fit" if "candidates" in d else ""
+        if d.get("min_speedup"):
+            how += f" and at least {d['min_speedup']}x faster than timm's full-token forward at batch 1"
+            if d.get("settings"):
+                of += (f"; measured {d['speedup_b1']:.2f}x, after {len(d['too_slow'])} settings better on the select "
+                       "half were too slow")
         lines += ["", f"Default setting ({how}): " + ("n/a, " + d["missing"] if d.get("settings") is None else
                   f"`{d['settings']['settings']}`, top-1 {100 * d['top1']:.2f}% on all (report half "
                   f"{100 * d['top1_report']:.2f}%), weighted F1 {100 * d['weighted_f1']:.2f}%, {d['gflops']:.2f} "
