@@ -13,7 +13,8 @@ def _saved(tmp_path, name: str, seed: int, **config) -> str:
     torch.manual_seed(seed)
     path = tmp_path / f"{name}.safetensors"
     checkpoint.save(AdaViT.create(AdaViTConfig(num_classes=10, **config)), path,
-                    {"recipe": {"seed": seed}, "default_settings": {"fine_ratio": 0.2}}, half=False)
+                    {"recipe": {"seed": seed}, "default_settings": {"fine_ratio": 0.2},
+                     "class_names": [f"flower {i}" for i in range(10)]}, half=False)
     return str(path)
 
 
@@ -32,6 +33,7 @@ def test_soup_is_the_mean_and_its_card_names_the_ingredients(tmp_path):
     assert [i["recipe"] for i in card["recipe"]["soup"]] == [{"seed": 0}, {"seed": 1}]
     assert len(card["recipe"]["soup"][0]["sha256"]) == 64
     assert card["default_settings"] == {"fine_ratio": 0.2}
+    assert card["class_names"] == [f"flower {i}" for i in range(10)]  # what the app and data read offline
 
 
 def test_soup_refuses_other_configs_one_checkpoint_and_overwriting_an_ingredient(tmp_path):

@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     card = {
         "dataset": cards[0].get("dataset"),
         "default_settings": cards[0].get("default_settings"),
+        # data.class_names reads the card's list offline (torchvision's download has no names file)
+        "class_names": cards[0].get("class_names") or list(model.config.class_names),
         "recipe": {"soup": [{"path": str(c), "sha256": sha256(c), "recipe": k.get("recipe"),
                              "command": k.get("command")} for c, k in zip(paths, cards, strict=True)]},
         "command": "python -m adavit soup " + " ".join(map(str, paths)) + f" --out {out}",
