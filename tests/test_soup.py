@@ -36,6 +36,31 @@ def test_soup_is_the_mean_and_its_card_names_the_ingredients(tmp_path):
     assert card["class_names"] == [f"flower {i}" for i in range(10)]  # what the app and data read offline
 
 
+def test_a_two_run_soup_weighted_2_to_1_with_a_third_run_is_the_mean_of_all_three(tmp_path):
+    a, b, c = (_saved(tmp_path, n, i, scorer="learned") for i, n in enumerate("abc"))
+    ab, abc = tmp_path / "ab.safetensors", tmp_path / "abc.safetensors"
+    soup.main([a, b, "--out", str(ab)])
+    soup.main([str(ab), c, "--weights", "2,1", "--out", str(abc)])
+    states = [checkpoint.load_model(p).state_dict() for p in (a, b, c)]
+    got = checkpoint.load_model(abc).state_dict()
+    for k, v in got.items():  # two fp16 roundings (the two-run soup, then this one) away from the exact mean
+        torch.testing.assert_close(v, sum(s[k] for s in states) / 3, rtol=2e-3, atol=1e-4)
+    card = checkpoint.read_card(abc)
+    assert [i["weight"] for i in card["recipe"]["soup"]] == [2.0, 1.0]
+    assert card["recipe"]["soup"][0]["recipe"]["soup"][1]["recipe"] == {"seed": 1}  # the nested soup keeps its runs
+    assert card["command"].endswith("--weights 2,1")
+
+
+def test_soup_refuses_bad_weights(tmp_path):
+    a, b = _saved(tmp_path, "a", 0), _saved(tmp_path, "b", 1)
+    with pytest.raises(ValueError, match="3 weights for 2 checkpoints"):
+        soup.soup([a, b], [1, 1, 1])
+    with pytest.raises(ValueError, match="must be positive"):
+        soup.soup([a, b], [1, 0])
+    with pytest.raises(SystemExit, match="not a comma-separated list of numbers"):
+        soup.main([a, b, "--weights", "2,x", "--out", str(tmp_path / "s.safetensors")])
+
+
 def test_soup_refuses_other_configs_one_checkpoint_and_overwriting_an_ingredient(tmp_path):
     a, b = _saved(tmp_path, "a", 0), _saved(tmp_path, "b", 1, scorer="learned")
     with pytest.raises(ValueError, match="differs from .* in scorer"):

@@ -1,6 +1,11 @@
 """A model soup: the element-wise mean of fine-tuned AdaViT checkpoints (Wortsman et al., 2022).
 
     python -m adavit soup A.safetensors B.safetensors [...] --out SOUP.safetensors
+    python -m adavit soup SOUP_AB.safetensors C.safetensors --weights 2,1 --out SOUP_ABC.safetensors
+
+A soup counts as many runs as it averages: weighting the two-run soup 2 and a third run 1 gives the
+uniform mean of all three, up to the fp16 rounding of the saved soup, without the first two runs'
+files.
 
 Fine-tunes that start from the same pretrained backbone and the same linear-probe head tend to stay
 in one basin of the loss, where their average is itself a good network, often better than each
@@ -29,10 +34,15 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def soup(paths: Sequence[str | Path]) -> AdaViT:
-    """The mean of the checkpoints' weights, in fp32, as one AdaViT."""
+def soup(paths: Sequence[str | Path], weights: Sequence[float] | None = None) -> AdaViT:
+    """The (weighted) mean of the checkpoints' weights, in fp32, as one AdaViT."""
     if len(paths) < 2:
         raise ValueError(f"a soup needs at least two checkpoints, got {len(paths)}")
+    weights = [1.0] * len(paths) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(paths):
+        raise ValueError(f"{len(weights)} weights for {len(paths)} checkpoints: give one per checkpoint")
+    if not all(w > 0 for w in weights):
+        raise ValueError(f"weights must be positive, got {weights}")
     models = [checkpoint.load_model(p) for p in paths]
     configs = [m.config.to_dict() for m in models]
     for p, c in zip(paths[1:], configs[1:], strict=True):
@@ -41,7 +51,8 @@ def soup(paths: Sequence[str | Path]) -> AdaViT:
             raise ValueError(f"{p} differs from {paths[0]} in {', '.join(diff)}: only checkpoints of one config "
                              "can be averaged")
     states = [m.state_dict() for m in models]
-    mean = {k: torch.stack([s[k].float() for s in states]).mean(0) for k in states[0]}
+    w = torch.tensor(weights) / sum(weights)
+    mean = {k: torch.einsum("n,n...->...", w, torch.stack([s[k].float() for s in states])) for k in states[0]}
     out = AdaViT.create(models[0].config)
     out.load_state_dict(mean)
     return out.eval()
@@ -51,7 +62,13 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="adavit soup", description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoints", nargs="+", help="safetensors checkpoints of one config")
     p.add_argument("--out", required=True, help="where to write the soup (safetensors + card)")
+    p.add_argument("--weights", help="comma-separated, one per checkpoint (default: equal); e.g. 2,1 to add "
+                   "a third run to a two-run soup")
     args = p.parse_args(argv)
+    try:
+        weights = None if args.weights is None else [float(w) for w in args.weights.split(",")]
+    except ValueError:
+        raise SystemExit(f"adavit soup: --weights {args.weights!r} is not a comma-separated list of numbers") from None
     paths = [Path(c) for c in args.checkpoints]
     missing = [str(c) for c in paths if not c.exists()]
     if missing:
@@ -60,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     if out.resolve() in {c.resolve() for c in paths}:
         raise SystemExit(f"adavit soup: --out {out} is one of the ingredients; write the soup elsewhere")
     try:
-        model = soup(paths)
+        model = soup(paths, weights)
     except ValueError as e:
         raise SystemExit(f"adavit soup: {e}") from None
     cards = [checkpoint.read_card(c) for c in paths]
@@ -69,9 +86,11 @@ def main(argv: list[str] | None = None) -> None:
         "default_settings": cards[0].get("default_settings"),
         # data.class_names reads the card's list offline (torchvision's download has no names file)
         "class_names": cards[0].get("class_names") or list(model.config.class_names),
-        "recipe": {"soup": [{"path": str(c), "sha256": sha256(c), "recipe": k.get("recipe"),
-                             "command": k.get("command")} for c, k in zip(paths, cards, strict=True)]},
-        "command": "python -m adavit soup " + " ".join(map(str, paths)) + f" --out {out}",
+        "recipe": {"soup": [{"path": str(c), "sha256": sha256(c), "weight": w, "recipe": k.get("recipe"),
+                             "command": k.get("command")}
+                            for c, k, w in zip(paths, cards, weights or [1.0] * len(paths), strict=True)]},
+        "command": "python -m adavit soup " + " ".join(map(str, paths)) + f" --out {out}"
+                   + (f" --weights {args.weights}" if weights else ""),
     }
     checkpoint.save(model, out, card)
     print(f"wrote {out}: the mean of {len(paths)} checkpoints ({', '.join(map(str, paths))})")
