@@ -279,6 +279,13 @@ def test_compare_and_sweep_run_on_a_patch16_checkpoint_of_an_image_folder(folder
                 assert "candidates" not in q
     assert again["default"]["settings"] == default["settings"] and again["default"]["top1"] == default["top1"]
     assert f"the default `{out}` chose" in at.with_suffix(".md").read_text()
+    card_path = export.with_suffix(".json")  # a card compare updated holds the same points and default
+    card_path.write_text(json.dumps({**json.loads(card_path.read_text()), "compare": res, "default_choice": default}))
+    from_card = tmp_path / "from_card.json"
+    shutil.copy(f"{at}.cache.jsonl", f"{from_card}.cache.jsonl")
+    assert compare([*common[:2], "--json", str(from_card), *common[4:], "--at", str(card_path)]) == 0
+    via = json.loads(from_card.read_text())
+    assert via["strategies"] == again["strategies"] and via["default"] == again["default"]
     assert compare([*common[:2], "--json", str(at), *common[4:], "--at", str(out), "--default-share", "0.4"]) == 2
     assert "--at re-measures the default" in capsys.readouterr().err
     assert compare([*common[:2], "--json", str(at), "--strategies", "tome", *common[6:], "--at", str(out)]) == 2
@@ -287,7 +294,10 @@ def test_compare_and_sweep_run_on_a_patch16_checkpoint_of_an_image_folder(folder
     assert "no such file; give the --json of an earlier compare run" in capsys.readouterr().err
     (tmp_path / "bad.json").write_text("{not json")
     assert compare([*common[:2], "--json", str(at), *common[4:], "--at", str(tmp_path / "bad.json")]) == 2
-    assert "is not a compare JSON file" in capsys.readouterr().err
+    assert "is not a compare JSON file (Expecting" in capsys.readouterr().err
+    (tmp_path / "other.json").write_text('{"compare": "none"}')
+    assert compare([*common[:2], "--json", str(at), *common[4:], "--at", str(tmp_path / "other.json")]) == 2
+    assert 'not a compare JSON file or a card with a "compare" key' in capsys.readouterr().err
     assert sweep(["--checkpoint", str(export), "--json", str(tmp_path / "sweep.json"), "--fine-ratios", "0.5",
                   "--keeps1", "0.5", "--keeps2", "0.5", "--resolutions", "128", "--latency-runs", "0",
                   "--update-card"]) == 0

@@ -344,15 +344,20 @@ def at_points(model, name: str, chosen: Sequence[dict], venues: Sequence[Venue],
 
 
 def read_points(path: Path, strategies: Sequence[str]) -> dict:
-    """The chosen points of an earlier `compare --json` file, for --at."""
+    """The chosen points of an earlier `compare --json` file, or of a card that `compare --update-card` wrote (its
+    default from `--set-default`), for --at."""
     try:
         earlier = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"--at {path}: no such file; give the --json of an earlier compare run") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"--at {path} is not a compare JSON file ({e})") from None
+    if isinstance(earlier, dict) and isinstance(earlier.get("compare"), dict):  # a card: the shipped points
+        earlier = {**earlier["compare"], **({"default": earlier["default_choice"]}
+                                            if isinstance(earlier.get("default_choice"), dict) else {})}
     if not isinstance(earlier, dict) or not isinstance(earlier.get("strategies"), dict):
-        raise ValueError(f"--at {path} is not a compare JSON file: it has no \"strategies\"")
+        raise ValueError(f"--at {path} is not a compare JSON file or a card with a \"compare\" key: it has no "
+                         "\"strategies\"")
     missing = [n for n in strategies if n not in earlier["strategies"]]
     if missing:
         raise ValueError(f"--at {path} has no points of {', '.join(missing)} (it has "
@@ -593,8 +598,9 @@ def parser() -> argparse.ArgumentParser:
                         "than timm's full-token forward (bench's ratio, timed here); the best on the select half "
                         "that does wins (e.g. 2.5)")
     p.add_argument("--at", type=Path, default=None,
-                   help="measure at the points an earlier run chose (its --json), searching nothing: compares "
-                        "checkpoints on the same settings")
+                   help="measure at the points an earlier run chose (its --json, or a card it updated, e.g. "
+                        "checkpoints/adavit_s14_flowers102.json), searching nothing: compares checkpoints on the same "
+                        "settings")
     p.add_argument("--set-default", action="store_true",
                    help="write that default into the card's default_settings (needs --default-share)")
     return p
