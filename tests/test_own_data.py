@@ -306,6 +306,73 @@ def test_compare_and_sweep_run_on_a_patch16_checkpoint_of_an_image_folder(folder
     assert max(p["n_images"] for p in card["sweep"]) == 20
 
 
+def test_compare_runs_a_strategy_on_weights_tuned_for_it(folder, tmp_path, capsys):
+    """--tuned resolution=B: downscaling on a network of its own, beside it on the shared one; its points are
+    exactly those of comparing B alone, it counts in AdaViT's margin, and the card and chart carry it."""
+    import torch
+
+    from adavit.app.pareto import figure, peer_fronts
+    from adavit.core.config import AdaViTConfig
+    from adavit.core.model import AdaViT
+    from adavit.measure.compare import OWN
+    from adavit.measure.compare import main as compare
+    from adavit.measure.compare_report import margins
+    from adavit.weights import checkpoint
+    from adavit.weights.soup import sha256
+
+    root = tmp_path / "with_val"
+    shutil.copytree(folder / "train", root / "train")
+    shutil.copytree(folder / "train", root / "val")
+    card = {"dataset": data.open_data(f"imagefolder:{root}").card(f"imagefolder:{root}")}
+
+    def save(name, seed, classes=5):
+        torch.manual_seed(seed)
+        return checkpoint.save(AdaViT.create(AdaViTConfig(num_classes=classes)), tmp_path / name, card)
+
+    ours, lowres, other = save("ours.safetensors", 0), save("lowres.safetensors", 1), save("four.safetensors", 2, 4)
+    common = ["--budgets", "0.2,0.5", "--candidates", "1", "--probe", "1", "--select-per-class", "2",
+              "--latency-runs", "1", "--latency-runs-b32", "1", "--threads", "2", "--sides", "224"]
+    both, alone, at = tmp_path / "both.json", tmp_path / "alone.json", tmp_path / "at.json"
+    key = "resolution" + OWN
+    assert compare(["--checkpoint", str(ours), "--json", str(both), "--strategies", "adavit,resolution",
+                    "--tuned", f"resolution={lowres}", "--update-card", *common]) == 0
+    assert compare(["--checkpoint", str(lowres), "--json", str(alone), "--strategies", "resolution", *common]) == 0
+    res, ref = json.loads(both.read_text()), json.loads(alone.read_text())
+    assert list(res["strategies"]) == ["adavit", "resolution", key]
+    for p, q in zip(res["strategies"][key], ref["strategies"]["resolution"], strict=True):
+        assert p["settings"] and (p["settings"], p["top1"], p["top1_report"], p["gflops"]) == \
+            (q["settings"], q["top1"], q["top1_report"], q["gflops"])
+        assert p["latency_ms_b1"] > 0
+    assert res["tuned"][key]["sha256"] == sha256(lowres) and res["tuned"][key]["strategy"] == "resolution"
+    table = both.with_suffix(".md").read_text()
+    assert f"| budget (share of full GFLOPs) | adavit | resolution | {key} |" in table
+    assert f"{key}: `resolution` on its own fine-tuned weights, `{lowres}`" in table
+    rigged = {**res, "strategies": {**res["strategies"], key: [{**p, "top1": 1.0, "top1_report": 1.0}
+                                                               for p in res["strategies"][key]]}}
+    assert {m["best_other"] for m in margins(rigged)} == {key}  # the margin is over it too
+    stored = json.loads(checkpoint.card_path(ours).read_text())["compare"]
+    assert stored["tuned"] == res["tuned"]
+    fronts = peer_fronts({"compare": stored})
+    assert fronts["tuned"][0] == "resolution baseline, own low-res weights (compare)"
+    assert "peer" not in fronts  # not a token rule on the shipped network
+    assert "resolution baseline, own low-res weights (compare)" in {t.name for t in figure([], [], None, fronts).data}
+    assert compare(["--checkpoint", str(ours), "--json", str(at), "--strategies", "adavit,resolution",
+                    "--tuned", f"resolution={lowres}", "--at", str(both), *common]) == 0
+    again = json.loads(at.read_text())["strategies"][key]
+    assert [(p["settings"], p["top1"]) for p in again] == [(p["settings"], p["top1"]) for p in res["strategies"][key]]
+    assert compare(["--checkpoint", str(lowres), "--json", str(at), "--strategies", "resolution",
+                    "--tuned", f"resolution={ours}", "--at", str(alone), *common]) == 2
+    assert f"has no points of {key}" in capsys.readouterr().err
+    assert compare(["--checkpoint", str(ours), "--json", str(at), "--strategies", "resolution",
+                    "--tuned", f"resolution={other}", *common]) == 2
+    assert "not the compared network's architecture and classes" in capsys.readouterr().err
+    for bad, says in ((f"adavit={lowres}", "a strategy other than adavit"), ("resolution=/nowhere.safetensors",
+                      "no checkpoint at /nowhere.safetensors"), (str(lowres), "expected NAME=CHECKPOINT")):
+        with pytest.raises(SystemExit):
+            compare(["--checkpoint", str(ours), "--json", str(at), "--tuned", bad, *common])
+        assert says in capsys.readouterr().err
+
+
 def test_ablate_compares_arms_at_matched_gflops_and_writes_the_table(folder, tmp_path):
     """Rows on one checkpoint and against a variant (a learned gate), on the image folder its card names."""
     import torch

@@ -5,19 +5,24 @@ front); green points are settings evaluated live in this process (stratified val
 star is where the sliders are now. Its accuracy is live or from the sweep, as its hover text says.
 Black and orange lines are the fronts AdaViT must beat: the resolution baseline (every token of a
 smaller image; the card's "sweep_resolution", else its "compare") and the best peer strategy of
-`adavit compare` (EViT, ATS, ToMe or random, whichever has the best mean top-1 over the budgets).
+`adavit compare` (EViT, ATS, ToMe or random, whichever has the best mean top-1 over the budgets). A grey
+dash-dot line is the resolution baseline on weights fine-tuned at low sides (`compare --tuned`), when the
+card has it: the strongest simple baseline is another network, not only another token rule.
 """
 from __future__ import annotations
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ..measure.compare import OWN
 from ..measure.sweep import label as sweep_label
 from ..measure.sweep import pareto
 from .live_accuracy import Accuracy, describe_setting
 
 AXES = (("gflops_mean", "GFLOPs per image"), ("latency_ms_b1", "batch-1 CPU latency (ms)"))
-PEER_STYLE = {"resolution": {"color": "black", "dash": "dot"}, "peer": {"color": "darkorange", "dash": "dash"}}
+PEER_STYLE = {"resolution": {"color": "black", "dash": "dot"}, "tuned": {"color": "dimgray", "dash": "dashdot"},
+              "peer": {"color": "darkorange", "dash": "dash"}}
+TUNED = "resolution" + OWN
 
 
 def _compare_points(points: list[dict]) -> list[dict]:
@@ -26,7 +31,8 @@ def _compare_points(points: list[dict]) -> list[dict]:
 
 
 def peer_fronts(card: dict) -> dict[str, tuple[str, list[dict]]]:
-    """{"resolution" | "peer": (legend name, points with top1 / gflops_mean / latency_ms_b1)} from the card."""
+    """{"resolution" | "tuned" | "peer": (legend name, points with top1 / gflops_mean / latency_ms_b1)} from the
+    card."""
     out: dict[str, tuple[str, list[dict]]] = {}
     compare = (card.get("compare") or {}).get("strategies") or {}
     if card.get("sweep_resolution"):
@@ -34,7 +40,9 @@ def peer_fronts(card: dict) -> dict[str, tuple[str, list[dict]]]:
             {**p, "label": f"every token at {p['side']} px"} for p in card["sweep_resolution"]])
     elif compare.get("resolution"):
         out["resolution"] = ("resolution baseline (compare)", _compare_points(compare["resolution"]))
-    peers = {n: _compare_points(pts) for n, pts in compare.items() if n not in ("adavit", "resolution")}
+    if compare.get(TUNED):
+        out["tuned"] = ("resolution baseline, own low-res weights (compare)", _compare_points(compare[TUNED]))
+    peers = {n: _compare_points(pts) for n, pts in compare.items() if n not in ("adavit", "resolution", TUNED)}
     peers = {n: pts for n, pts in peers.items() if pts}
     if peers:
         best = max(peers, key=lambda n: sum(p["top1"] for p in peers[n]) / len(peers[n]))

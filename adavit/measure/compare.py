@@ -19,6 +19,11 @@ interrupted run resumes where it stopped.
 two checkpoints on the same settings differ only by their weights, not by which settings the select
 half happened to favour.
 
+`--tuned resolution=runs/lowres/model.safetensors` adds a strategy run on weights of its own, fine-tuned for it
+(here: every token, trained at the low sides downscaling uses), beside the same strategy on the shared
+weights: sharing one network isolates the token rule, and the tuned arm asks whether a network trained for
+the simple strategy would beat AdaViT. It counts among the others AdaViT's margin is taken over.
+
 `--default-share 0.3333 --default-speedup 2.5 --set-default` chooses the card's default: the best top-k
 setting on the select half that costs at most a third of the full-token GFLOPs and runs at batch 1 at
 least 2.5x faster than timm's full-token forward on this machine (timed like `bench`).
@@ -43,6 +48,7 @@ from .. import data
 from ..core.config import Settings, check_side
 from ..core.strategies import STRATEGIES, make
 from ..weights import checkpoint
+from ..weights.soup import sha256
 from . import cli, metrics
 from .bench import batch1_speedup, interleaved_medians, machine, plain_vit
 from .compare_report import figure, markdown
@@ -410,14 +416,42 @@ def choose_default(model, venues: Sequence[Venue], full_gflops: float, max_share
                        f"runs {min_speedup}x faster than the full-token forward at batch 1 on this machine"}
 
 
-def latencies(model, chosen: dict[str, tuple[object, torch.Tensor]], runs_b1: int, runs_b32: int) -> dict:
-    """{key: (batch-1 ms, batch-32 ms)}: every chosen (strategy, its images) timed in alternating rounds."""
+def latencies(chosen: dict[str, tuple[object, torch.Tensor, object]], runs_b1: int, runs_b32: int) -> dict:
+    """{key: (batch-1 ms, batch-32 ms)}: every chosen (strategy, its images, its model) timed in alternating
+    rounds."""
     print(f"latency: {len(chosen)} forwards, batch 1 x {runs_b1} rounds, batch 32 x {runs_b32} rounds", flush=True)
-    b1 = interleaved_medians({k: (lambda s=s, x=x[:1]: s.forward(model, x)) for k, (s, x) in chosen.items()},
+    b1 = interleaved_medians({k: (lambda s=s, x=x[:1], m=m: s.forward(m, x)) for k, (s, x, m) in chosen.items()},
                              runs_b1)
-    b32 = interleaved_medians({k: (lambda s=s, x=x[:32]: s.forward(model, x)) for k, (s, x) in chosen.items()},
+    b32 = interleaved_medians({k: (lambda s=s, x=x[:32], m=m: s.forward(m, x)) for k, (s, x, m) in chosen.items()},
                               runs_b32, warmup=1)
     return {k: (b1[k], b32[k]) for k in chosen}
+
+
+OWN = " (own weights)"  # the key of a strategy run on weights tuned for it (--tuned)
+
+
+@dataclasses.dataclass
+class Arm:
+    """A strategy (`name` in STRATEGIES) on a model, with the venues (caches keyed by that model's weights)."""
+    name: str
+    model: object
+    venues: Sequence[Venue]
+
+
+def tuned_arm(name: str, weights: Path, model, venues: Sequence[Venue], cache_path: Path) -> Arm:
+    """Strategy `name` on `weights`, its own fine-tuned network; it must be the same architecture on the same
+    classes as `model`, or its GFLOPs and labels would not be comparable."""
+    other = checkpoint.load_model(weights)
+    same = (other.patch, len(other.vit.blocks), other.vit.embed_dim, other.config.num_classes)
+    ours = (model.patch, len(model.vit.blocks), model.vit.embed_dim, model.config.num_classes)
+    if same != ours:
+        raise ValueError(f"--tuned {name}={weights} is not the compared network's architecture and classes (patch, "
+                         f"blocks, width, classes: {same} against {ours}), so its GFLOPs and top-1 would not compare")
+    if other.config.class_names and model.config.class_names and other.config.class_names != model.config.class_names:
+        raise ValueError(f"--tuned {name}={weights} names its classes in another order than the compared checkpoint; "
+                         "its predictions would be scored against the wrong labels")
+    return Arm(name, other, [dataclasses.replace(v, cache=Cache(cache_path, fingerprint(weights, v.split)))
+                             for v in venues])
 
 
 def held_out_files(base: Path, variants: dict[str, str] | None = None) -> tuple[str, ...]:
@@ -438,7 +472,7 @@ def held_out_files(base: Path, variants: dict[str, str] | None = None) -> tuple[
 def run(args: argparse.Namespace) -> dict:
     t0 = time.time()
     load_at_start = list(os.getloadavg())
-    earlier = read_points(args.at, args.strategies) if args.at else None
+    earlier = read_points(args.at, [*args.strategies, *(n + OWN for n, _ in args.tuned)]) if args.at else None
     weights = Path(args.checkpoint) if args.checkpoint else checkpoint.SHIPPED
     model = checkpoint.load_model(weights)
     if any(model.config.windows):  # the peers run timm's blocks with global attention only
@@ -470,15 +504,18 @@ def run(args: argparse.Namespace) -> dict:
     full_gflops = float(np.mean(row["gflops"]))
     all_idx = np.arange(len(split.targets))
     full_scores = score(split, all_idx, np.array(row["preds"]))
+    arms = {name: Arm(name, model, venues) for name in args.strategies}
+    arms.update({name + OWN: tuned_arm(name, path, model, venues, cache_path) for name, path in args.tuned})
     strategies = {}
-    for name in tqdm(args.strategies, desc="strategies", unit="strategy"):
-        strategies[name] = (at_points(model, name, earlier["strategies"][name], venues, full_gflops, args.batch_size)
-                            if earlier else
-                            choose_at_sides(model, name, venues, full_gflops, args.budgets, args.candidates,
-                                            args.batch_size))
+    for key, arm in tqdm(arms.items(), desc="strategies", unit="strategy"):
+        strategies[key] = (at_points(arm.model, arm.name, earlier["strategies"][key], arm.venues, full_gflops,
+                                     args.batch_size)
+                           if earlier else
+                           choose_at_sides(arm.model, arm.name, arm.venues, full_gflops, args.budgets, args.candidates,
+                                           args.batch_size))
         best = [f"{p['budget']:.0%}: {100 * p['top1']:.2f}% at {p['side']} px"
-                for p in strategies[name] if p.get("settings")]
-        tqdm.write(f"{name}: {', '.join(best)}")
+                for p in strategies[key] if p.get("settings")]
+        tqdm.write(f"{key}: {', '.join(best)}")
     default = (choose_default(model, venues, full_gflops, args.default_share, args.batch_size, args.default_speedup,
                               args.latency_runs or 10)
                if args.default_share else None)
@@ -489,12 +526,12 @@ def run(args: argparse.Namespace) -> dict:
                                args.batch_size)[0]}
         default.pop("budget")
     report_images = {v.side: v.split.images[torch.as_tensor(v.split.report)] for v in venues}
-    chosen = {"full": (full, report_images[RESOLUTION]),
-              **{f"{n}@{p['budget']}": (p["_strategy"], report_images[p["side"]])
+    chosen = {"full": (full, report_images[RESOLUTION], model),
+              **{f"{n}@{p['budget']}": (p["_strategy"], report_images[p["side"]], arms[n].model)
                  for n, pts in strategies.items() for p in pts if p.get("settings")}}
     if default and default.get("settings"):
-        chosen["default"] = (default.pop("_strategy"), report_images[default["side"]])
-    lat = latencies(model, chosen, args.latency_runs, args.latency_runs_b32) if args.latency_runs else {}
+        chosen["default"] = (default.pop("_strategy"), report_images[default["side"]], model)
+    lat = latencies(chosen, args.latency_runs, args.latency_runs_b32) if args.latency_runs else {}
     for n, pts in strategies.items():
         for p in pts:
             p.pop("_strategy", None)
@@ -509,6 +546,8 @@ def run(args: argparse.Namespace) -> dict:
         "full": {"settings": describe(full), "top1": full_scores["top1"], "weighted_f1": full_scores["weighted_f1"],
                  "gflops": full_gflops, "latency_ms_b1": b1, "latency_ms_b32": b32},
         "strategies": strategies,
+        "tuned": {name + OWN: {"strategy": name, "checkpoint": str(path), "sha256": sha256(path),
+                               "recipe": checkpoint.read_card(path).get("recipe")} for name, path in args.tuned},
         "protocol": {
             "select": f"{len(split.select)} {where}, {args.select_per_class} per class "
                       f"(stratified, seed {args.seed})",
@@ -526,8 +565,8 @@ def run(args: argparse.Namespace) -> dict:
 
 def update_card(weights: Path, out: dict) -> None:
     card = checkpoint.read_card(weights)
-    keep = ("budgets", "full", "strategies", "protocol", "command")
-    slim = {k: out[k] for k in keep}
+    keep = ("budgets", "full", "strategies", "tuned", "protocol", "command")
+    slim = {k: out[k] for k in keep if k in out}
     slim["strategies"] = {n: [{k: v for k, v in p.items() if k != "candidates"} for p in pts]
                           for n, pts in out["strategies"].items()}
     metrics.write_json(checkpoint.card_path(weights), {**card, "compare": slim})
@@ -561,6 +600,19 @@ def names(text: str) -> list[str]:
     return out
 
 
+def tuned(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=CHECKPOINT such as resolution=runs/lowres/model.safetensors, "
+                                         f"got {text!r}")
+    if name not in STRATEGIES or name == "adavit":
+        others = ", ".join(n for n in STRATEGIES if n != "adavit")
+        raise argparse.ArgumentTypeError(f"--tuned takes a strategy other than adavit ({others}), got {name!r}")
+    if not Path(path).is_file():
+        raise argparse.ArgumentTypeError(f"--tuned {name}: no checkpoint at {path}")
+    return name, Path(path)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="adavit compare", description=__doc__.split("\n\n")[0])
     p.add_argument("--json", required=True, help="write the results here (and cache points in <json>.cache.jsonl)")
@@ -576,6 +628,9 @@ def parser() -> argparse.ArgumentParser:
                    help="quick check: only N val images per class (the select half takes --select-per-class of them)")
     p.add_argument("--checkpoint", default=None, help=f"weights (default {checkpoint.SHIPPED})")
     p.add_argument("--strategies", type=names, default=list(STRATEGIES), help="comma-separated subset")
+    p.add_argument("--tuned", type=tuned, action="append", default=[], metavar="NAME=CHECKPOINT",
+                   help="also run strategy NAME on weights fine-tuned for it (e.g. resolution=runs/lowres/"
+                        "model.safetensors, trained at low sides with every token); repeatable")
     p.add_argument("--budgets", type=floats, default=list(BUDGETS), help="shares of the full-token GFLOPs")
     p.add_argument("--candidates", type=int, default=3, help="settings evaluated per strategy, budget and side")
     p.add_argument("--sides", type=ints, default=None,

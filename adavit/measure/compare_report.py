@@ -5,7 +5,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 COLOURS = {"adavit": "crimson", "resolution": "black", "random": "gray", "evit": "darkorange", "ats": "royalblue",
-           "tome": "seagreen"}
+           "tome": "seagreen", "resolution (own weights)": "dimgray"}  # compare.OWN
 AXES = (("gflops", "mean GFLOPs per image"), ("latency_ms_b1", "batch-1 CPU latency (ms)"))
 
 
@@ -93,6 +93,9 @@ def markdown(out: dict) -> str:
         f"the report half is {out['protocol']['report']}. GFLOPs: {out['protocol']['gflops']}.",
         f"Command: `{out['command']}`",
     ]
+    for key, t in (out.get("tuned") or {}).items():
+        lines += ["", f"{key}: `{t['strategy']}` on its own fine-tuned weights, `{t['checkpoint']}` (sha256 "
+                  f"{t['sha256'][:12]}); the other columns share one network."]
     d = out.get("default")
     if d:
         how = (f"the default `{out['at']}` chose" if out.get("at") else
