@@ -344,9 +344,20 @@ def test_compare_runs_a_strategy_on_weights_tuned_for_it(folder, tmp_path, capsy
             (q["settings"], q["top1"], q["top1_report"], q["gflops"])
         assert p["latency_ms_b1"] > 0
     assert res["tuned"][key]["sha256"] == sha256(lowres) and res["tuned"][key]["strategy"] == "resolution"
+    ada = [p for p in res["strategies"]["adavit"] if p.get("settings")]
+    for p, q in zip(res["strategies"]["adavit"], res["strategies"][key], strict=True):  # a margin in images
+        if p.get("settings"):
+            assert set(p["paired"]) == {"resolution", key}
+            both_halves = p["paired"][key]
+            assert both_halves["all"]["gained"] - both_halves["all"]["lost"] == round(20 * (p["top1"] - q["top1"]))
+            assert both_halves["report"]["gained"] - both_halves["report"]["lost"] == \
+                round(10 * (p["top1_report"] - q["top1_report"]))
+            assert 0 < both_halves["all"]["p_value"] <= 1
+    assert ada and all("paired" not in q for q in res["strategies"][key])
     table = both.with_suffix(".md").read_text()
     assert f"| budget (share of full GFLOPs) | adavit | resolution | {key} |" in table
     assert f"{key}: `resolution` on its own fine-tuned weights, `{lowres}`" in table
+    assert "McNemar's exact p" in table and ", p = " in table
     rigged = {**res, "strategies": {**res["strategies"], key: [{**p, "top1": 1.0, "top1_report": 1.0}
                                                                for p in res["strategies"][key]]}}
     assert {m["best_other"] for m in margins(rigged)} == {key}  # the margin is over it too

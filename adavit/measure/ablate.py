@@ -45,7 +45,18 @@ from ..core.strategies import make
 from ..weights import checkpoint
 from . import cli, metrics
 from .bench import interleaved_medians, machine
-from .compare import SEED, SELECT_PER_CLASS, Cache, choose, evaluated, fingerprint, held_out_files, load_split, score
+from .compare import (
+    SEED,
+    SELECT_PER_CLASS,
+    Cache,
+    choose,
+    correct,
+    evaluated,
+    fingerprint,
+    held_out_files,
+    load_split,
+    score,
+)
 from .flops import CONVENTION
 from .sweep import floats
 
@@ -124,12 +135,6 @@ def parse_variants(items: Sequence[str]) -> dict[str, str]:
             raise ValueError(f"--variant {name}: no checkpoint at {path}")
         out[name] = path
     return out
-
-
-def correct(cache: Cache, model, strategy, split, batch: int) -> np.ndarray:
-    """Per image of the split (select half, then report half): right or wrong. From the cache."""
-    preds = [evaluated(cache, model, strategy, split, half, batch)["preds"] for half in ("select", "report")]
-    return np.concatenate(preds) == split.targets[np.concatenate([split.select, split.report])]
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -211,6 +211,12 @@ def evaluated(cache: Cache, model, strategy, split: Split, half: str, batch: int
     return row
 
 
+def correct(cache: Cache, model, strategy, split: Split, batch: int) -> np.ndarray:
+    """Per image of the split (select half, then report half): right or wrong. From the cache."""
+    preds = [evaluated(cache, model, strategy, split, half, batch)["preds"] for half in ("select", "report")]
+    return np.concatenate(preds) == split.targets[np.concatenate([split.select, split.report])]
+
+
 def costed(cache: Cache, model, strategy, probe: torch.Tensor) -> float:
     """Mean GFLOPs on the probe images: one image for fixed-count strategies (exact), all of them for
     adaptive ones (ATS, sample mode), whose counts change per image (an estimate)."""
@@ -454,6 +460,27 @@ def tuned_arm(name: str, weights: Path, model, venues: Sequence[Venue], cache_pa
                              for v in venues])
 
 
+def pair_with_adavit(strategies: dict[str, list[dict]], arms: dict[str, Arm], batch: int) -> None:
+    """On each budget's AdaViT point, `paired`: image by image against every other strategy's point at that budget
+    (the images only AdaViT gets right, those only the other does, McNemar's p), on all images and on the report
+    half, so a margin says how many images it rests on. The halves are the same images at every side."""
+    def right(key: str, p: dict) -> tuple[np.ndarray, int]:
+        arm = arms[key]
+        v = next(u for u in arm.venues if u.side == p["side"])
+        return correct(v.cache, arm.model, p["_strategy"], v.split, batch), len(v.split.select)
+
+    for i, ours in enumerate(strategies.get("adavit", [])):
+        if not ours.get("settings"):
+            continue
+        a, n_select = right("adavit", ours)
+        ours["paired"] = {}
+        for key, pts in strategies.items():
+            if key != "adavit" and i < len(pts) and pts[i].get("settings"):
+                b, _ = right(key, pts[i])
+                ours["paired"][key] = {"all": metrics.paired(b, a),
+                                       "report": metrics.paired(b[n_select:], a[n_select:])}
+
+
 def held_out_files(base: Path, variants: dict[str, str] | None = None) -> tuple[str, ...]:
     """The base run's held-out train images, which every variant must also have held out."""
     selection = checkpoint.read_card(base).get("selection") or {}
@@ -516,6 +543,7 @@ def run(args: argparse.Namespace) -> dict:
         best = [f"{p['budget']:.0%}: {100 * p['top1']:.2f}% at {p['side']} px"
                 for p in strategies[key] if p.get("settings")]
         tqdm.write(f"{key}: {', '.join(best)}")
+    pair_with_adavit(strategies, arms, args.batch_size)
     default = (choose_default(model, venues, full_gflops, args.default_share, args.batch_size, args.default_speedup,
                               args.latency_runs or 10)
                if args.default_share else None)

@@ -61,10 +61,18 @@ def margins(out: dict) -> list[dict]:
             continue
         best = max(others, key=lambda n: others[n]["top1"])
         best_rep = max(others, key=lambda n: others[n]["top1_report"])
+        paired = ours.get("paired") or {}
         rows.append({"budget": budget, "best_other": best, "margin": ours["top1"] - others[best]["top1"],
                      "best_other_report": best_rep,
-                     "margin_report": ours["top1_report"] - others[best_rep]["top1_report"]})
+                     "margin_report": ours["top1_report"] - others[best_rep]["top1_report"],
+                     "paired": (paired.get(best) or {}).get("all"),
+                     "paired_report": (paired.get(best_rep) or {}).get("report")})
     return rows
+
+
+def _images(paired: dict | None) -> str:
+    """The images a margin rests on: only AdaViT right / only the other right, McNemar's exact p."""
+    return "" if not paired else f" (+{paired['gained']} / -{paired['lost']}, p = {paired['p_value']:.2f})"
 
 
 def markdown(out: dict) -> str:
@@ -77,8 +85,9 @@ def markdown(out: dict) -> str:
     for i, budget in enumerate(out["budgets"]):
         cells = [_cell(out["strategies"][n][i] if i < len(out["strategies"][n]) else None) for n in names]
         m = by_budget.get(budget)
-        margin = "n/a" if m is None else (f"{100 * m['margin']:+.2f} pts vs {m['best_other']} "
-                                          f"(report half: {100 * m['margin_report']:+.2f} vs {m['best_other_report']})")
+        margin = "n/a" if m is None else (f"{100 * m['margin']:+.2f} pts vs {m['best_other']}{_images(m['paired'])} "
+                                          f"(report half: {100 * m['margin_report']:+.2f} vs {m['best_other_report']}"
+                                          f"{_images(m['paired_report'])})")
         lines.append(f"| {budget:.0%} ({budget * out['full']['gflops']:.2f}) | " + " | ".join(cells) + f" | {margin} |")
     f = out["full"]
     chosen = (f"Settings: the points `{out['at']}` chose, nothing searched; select half: " if out.get("at") else
@@ -90,6 +99,7 @@ def markdown(out: dict) -> str:
         f"(on the report half) @ mean GFLOPs; [N px]: the point took the images decoded at N px (sides "
         f"offered: {', '.join(map(str, out['protocol'].get('sides', [224])))} px). "
         f"{chosen}{out['protocol']['select']}; "
+        "margins: (+images only AdaViT gets right / -images only the other gets right, McNemar's exact p); "
         f"the report half is {out['protocol']['report']}. GFLOPs: {out['protocol']['gflops']}.",
         f"Command: `{out['command']}`",
     ]
