@@ -11,9 +11,10 @@ from safetensors.torch import load_file
 from adavit import data
 from adavit.core.config import Settings
 from adavit.train import traintime
-from adavit.train.recipe import SettingsRange
+from adavit.train.recipe import SettingsRange, build_model, parse_args
 from adavit.train.recipe import main as train
 from adavit.weights import checkpoint
+from adavit.weights.soup import sha256
 
 ROOT = data.default_data_root()
 needs_data = pytest.mark.skipif(ROOT is None, reason="Flowers-102 not found ($ADAVIT_DATA or ../shared/data)")
@@ -89,3 +90,30 @@ def test_traintime_writes_both_epoch_times(tmp_path, backbone_ready, capsys):
     assert res["adaptive_mean_s"] > 0 and res["full_mean_s"] > 0
     assert res["reduction"] == pytest.approx(1 - res["adaptive_mean_s"] / res["full_mean_s"])
     assert "less wall time" in capsys.readouterr().out
+
+
+def test_start_from_continues_the_checkpoint_and_its_flags_must_agree():
+    classes = tuple(checkpoint.read_card(checkpoint.SHIPPED)["class_names"])
+    args = parse_args(["--start-from", str(checkpoint.SHIPPED), "--scorer", "learned"])
+    model, shipped = build_model(args, classes), checkpoint.load_model()
+    assert model.training and model.config == shipped.config
+    theirs = shipped.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match=r"pass --scorer learned \(not attention\)"):
+        build_model(parse_args(["--start-from", str(checkpoint.SHIPPED)]), classes)
+    with pytest.raises(ValueError, match="--windows 0,0,0 \\(not 112,0,0\\)"):
+        build_model(parse_args(["--start-from", str(checkpoint.SHIPPED), "--scorer", "learned",
+                                "--windows", "112,0,0"]), classes)
+    with pytest.raises(ValueError, match="another order"):
+        build_model(args, classes[::-1])
+
+
+@needs_data
+def test_start_from_skips_the_probe_and_records_the_checkpoint(tmp_path):
+    out, export = tmp_path / "run", tmp_path / "export.safetensors"
+    assert train(["--out", str(out), "--epochs", "1", "--no-val", "--start-from", str(checkpoint.SHIPPED),
+                  "--scorer", "learned", "--train-resolutions", "168,224", "--export", str(export), *TINY]) == 0
+    assert [r["phase"] for r in records(out)] == ["train"]
+    card = checkpoint.read_card(export)
+    assert card["start_from"] == {"path": str(checkpoint.SHIPPED), "sha256": sha256(checkpoint.SHIPPED)}
+    assert card["recipe"]["train_resolutions"] == "168,224"

