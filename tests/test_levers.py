@@ -187,3 +187,24 @@ def test_ablate_high_side_sets_the_resolution_arm_and_its_label():
     assert {s.settings.resolution for s, _ in arm.candidates} == {252}
     trained = rows({"multires": "x"}, 252)["resolution"][1]
     assert trained.label == "mixed-scale 252 px, trained at 224 and 252 px" and trained.resolution == 252
+
+
+@needs_data
+def test_distill_top_teaches_from_the_largest_side(tmp_path, backbone_ready, monkeypatch, capsys):
+    """The student sees each batch at the side drawn; with --distill-top the teacher sees it at 224 px."""
+    from adavit.train import recipe
+    seen = []
+    real = recipe.teacher
+
+    def spy(net, model, x, *rest):
+        seen.append(x.shape[-1])
+        return real(net, model, x, *rest)
+
+    monkeypatch.setattr(recipe, "teacher", spy)
+    common = ["--train-resolutions", "168,224", "--no-val", "--distill", "0.5", *TINY, "--epochs", "2"]
+    assert train(["--out", str(tmp_path / "same"), *common]) == 0
+    same, seen[:] = list(seen), []
+    assert train(["--out", str(tmp_path / "top"), *common, "--distill-top"]) == 0
+    assert 168 in same and len(seen) == len(same) == 4 and set(seen) == {224}
+    assert train(["--out", str(tmp_path / "bad"), "--distill-top", *TINY]) == 2
+    assert "--distill-top needs --distill W and --train-resolutions" in capsys.readouterr().err

@@ -8,7 +8,8 @@ gradients and its own cross-entropy, so the widest path keeps improving too).
 
 A teacher forward costs about a third of a full-token training step; `every` runs it on every k-th
 step only, which is how the training-time criterion (reduced training at least 30% cheaper per
-epoch than full-token training, `adavit traintime`) is kept.
+epoch than full-token training, `adavit traintime`) is kept. With several training sides, `top` lets
+the teacher see the crop at the largest side while the student sees it resized down.
 """
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ class Distill:
     temperature: float = 1.0
     every: int = 1  # the teacher runs on every k-th optimizer step
     sandwich: bool = False  # the full path trains too (its cross-entropy), rather than under no_grad
+    # the teacher sees the batch at the largest training side, before it is resized down: a 224 px
+    # full-token teacher for a 140 px student is stronger than the same side's (FixRes' train/test gap)
+    top: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.weight <= 1.0:

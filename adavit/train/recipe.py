@@ -171,6 +171,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="self-distillation: share W of the reduced path's loss is the KL to the full-token path")
     lv.add_argument("--distill-temp", type=float, default=1.0)
     lv.add_argument("--distill-every", type=int, default=1, help="teacher forward on every k-th step (time budget)")
+    lv.add_argument("--distill-top", action="store_true",
+                    help="with --train-resolutions: the teacher sees the batch at the largest side, every token, "
+                         "while the reduced path sees it resized down")
     lv.add_argument("--sandwich", action="store_true",
                     help="the full-token path also trains (cross-entropy) instead of teaching under no_grad")
     lv.add_argument("--gate", choices=("detail", "learned"), default="detail",
@@ -347,11 +350,14 @@ def train(args, world: distributed.World, device: torch.device) -> int:
     out.mkdir(parents=True, exist_ok=True)
     dataset = data.open_data(args.data, args.data_root, args.download, args.seed)
     names = list(dataset.classes)
-    distill = Distill(args.distill, args.distill_temp, args.distill_every, args.sandwich)
+    distill = Distill(args.distill, args.distill_temp, args.distill_every, args.sandwich, args.distill_top)
     if distill.sandwich and world.distributed:
         raise ValueError("--sandwich runs two forwards with gradients per step, which DistributedDataParallel "
                          "can't reduce; use --distill without --sandwich under torchrun")
     sides = train_sides(args)
+    if distill.top and (distill.weight == 0 or len(sides) < 2):
+        raise ValueError("--distill-top needs --distill W and --train-resolutions with two or more sides "
+                         "(the teacher sees the largest)")
     train_pairs, holdout = split_holdout(dataset.train, args.holdout, args.seed)
     per_step = micro_batch(args, world)
     model = build_model(args, dataset.classes).to(device)
@@ -416,6 +422,7 @@ def train(args, world: distributed.World, device: torch.device) -> int:
                 opt.zero_grad(set_to_none=True)
                 teach = distill.due(i // args.accum_steps) and not args.full_tokens
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x_top = x
             if x.shape[-1] != s.resolution:
                 x = F.interpolate(x, size=(s.resolution, s.resolution), mode="bilinear", antialias=True)
             sync = contextlib.nullcontext() if last or not world.distributed else net.no_sync()
@@ -427,7 +434,8 @@ def train(args, world: distributed.World, device: torch.device) -> int:
                         loss = loss + args.gate_loss * batch_shaping(pred.layout.gate_logits.sigmoid(),
                                                                      DEFAULT_SETTINGS.fine_ratio)
                     if teach:
-                        target, full_loss = teacher(net, model, x, y, distill, args.label_smoothing)
+                        target, full_loss = teacher(net, model, x_top if distill.top else x, y, distill,
+                                                     args.label_smoothing)
                         kd = kd_loss(pred.logits, target, distill.temperature)
                         loss = (1 - distill.weight) * loss + distill.weight * kd + full_loss
                 (loss / args.accum_steps).backward()
