@@ -13,7 +13,7 @@ from adavit.core.config import AdaViTConfig, Settings
 from adavit.core.model import AdaViT
 from adavit.core.sampler import ceil_tokens
 from adavit.measure import metrics
-from adavit.measure.cache import run_from_stage1, stage1_cache
+from adavit.measure.cache import run_from_stage1, run_from_stage2, stage1_cache, stage2_cache
 from adavit.measure.evaluate import evaluate, main
 from adavit.weights import checkpoint
 
@@ -45,7 +45,7 @@ def weights(model, tmp_path_factory):
     return checkpoint.save(model, path, {"default_settings": CARD_SETTINGS.to_dict(), "note": "random weights"})
 
 
-@pytest.mark.parametrize("windows", [(0, 0, 0), (56, 56, 0)])
+@pytest.mark.parametrize("windows", [(0, 0, 0), (56, 56, 0), (0, 56, 56)])
 def test_stage1_cache_gives_exactly_the_forward_logits(model, windows):
     net = AdaViT(model.vit, AdaViTConfig(num_classes=102, windows=windows))  # same weights, other attention
     images = torch.randn(2, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(1))
@@ -56,6 +56,8 @@ def test_stage1_cache_gives_exactly_the_forward_logits(model, windows):
                       Settings(fine_ratio, 1.0, 1.0)):
                 plain, cached = net(images, s), run_from_stage1(net, cache, s)
                 assert torch.equal(plain.logits, cached.logits), s
+                resumed = run_from_stage2(net, cache, stage2_cache(net, cache, s), s)  # windows in stages 2, 3 too
+                assert torch.equal(plain.logits, resumed.logits), s
                 assert torch.equal(plain.tokens_per_stage, cached.tokens_per_stage), s
                 assert len(cached.selections) == 2
                 for a, b in zip(plain.selections, cached.selections, strict=True):

@@ -477,8 +477,10 @@ def test_ablate_on_the_held_out_train_images_its_cards_name(folder, tmp_path, ca
     assert compare([*cmp_args, "--update-card"]) == 2
     assert "without --on holdout" in capsys.readouterr().err
     windowed = save("windowed.safetensors", {"holdout_files": keys}, windows=(112, 0, 0))
-    assert compare([*cmp_args[2:], "--checkpoint", str(windowed)]) == 2  # its peers would run without windows
-    assert "local attention windows (112, 0, 0)" in capsys.readouterr().err
+    assert compare([*cmp_args[2:], "--checkpoint", str(windowed), "--sides", "224"]) == 0  # all run its windows
+    want = "local windows of 112 px in blocks 0, 2 (0-based), global elsewhere, in every strategy"
+    assert json.loads((tmp_path / "cmp.json").read_text())["protocol"]["attention"] == want
+    assert f"Attention: {want}." in (tmp_path / "cmp.md").read_text()
 
 
 def test_paired_counts_the_images_only_one_arm_gets_right():

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from adavit.core.config import Settings
+from adavit.core.config import AdaViTConfig, Settings
+from adavit.core.model import AdaViT
+from adavit.core.stages import run_stages, split_blocks
 from adavit.core.strategies import ATS, STRATEGIES, inverse_transform_sampling, make
-from adavit.core.strategies.tome import bipartite_soft_matching, merge_wavg, token_sizes
+from adavit.core.strategies.tome import bipartite_soft_matching, merge_wavg, slot_windows, token_sizes
 from adavit.measure.flops import count_flops, outcome_gflops
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -162,6 +164,59 @@ def test_ats_strategy_uses_the_paper_sampler(peaked_model, images):
     sel = out.selections[0]
     want = inverse_transform_sampling(sel.scores, sel.valid, ATS(**CASES["ats"]).keep[0])
     assert torch.equal(sel.kept, want)
+
+
+# ---------------------------------------------------------------- a hybrid (GC-ViT) checkpoint
+def hybrid(model) -> AdaViT:
+    """The same weights with stage 1 alternating 112 px windows and global attention."""
+    return AdaViT(model.vit, AdaViTConfig(num_classes=10, windows=(112, 0, 0))).eval()
+
+
+def test_block_windows_alternate_from_each_windowed_stage_start():
+    assert AdaViTConfig(windows=(112, 0, 0)).block_windows == (112, 0, 112, 0) + (0,) * 8
+    assert AdaViTConfig(stages=(3, 5, 4), windows=(0, 56, 0)).block_windows == (0,) * 3 + (56, 0, 56, 0, 56) + (0,) * 4
+
+
+# every token, whatever stages the blocks are split into: each must be the hybrid network's full forward
+EVERY_TOKEN = [("evit", {"keep": (1.0, 1.0)}), ("random", {"keep": (1.0, 1.0), "split": (1, 3, 8)}),
+               ("random", {"keep": (1.0, 1.0), "split": (3, 6, 3)}), ("tome", {"r": 0}),
+               ("resolution", {"size": (224, 224)})]
+
+
+@pytest.mark.parametrize("name, settings", EVERY_TOKEN)
+def test_every_strategy_runs_the_checkpoints_own_windows(model, images, name, settings):
+    net = hybrid(model)
+    with torch.inference_mode():
+        want = net(images[:2], Settings.full()).logits
+        got = make(name, **settings).forward(net, images[:2]).logits
+        global_only = make(name, **settings).forward(model, images[:2]).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert (global_only - want).abs().max() > 1e-3  # the windows do change the network
+
+
+@pytest.mark.parametrize("name", ["evit", "tome", "ats"])
+def test_a_hybrid_checkpoint_batch_equals_single_image(peaked_model, images, name):
+    net = hybrid(peaked_model)
+    with torch.inference_mode():
+        batch = make(name, **CASES[name]).forward(net, images)
+        for i in range(len(images)):
+            one = make(name, **CASES[name]).forward(net, images[i : i + 1])
+            torch.testing.assert_close(batch.logits[i : i + 1], one.logits, atol=1e-4, rtol=1e-4)
+
+
+def test_a_merged_token_keeps_its_window_only_while_it_lies_in_one():
+    ids = torch.tensor([[0, 0, 1, 1, 1]])  # the windows of five stage-0 tokens
+    assert slot_windows(ids, torch.tensor([[1, 1, 2, 3, 3]]), 4).tolist() == [[0, 1, 1]]
+    assert slot_windows(ids, torch.tensor([[1, 2, 2, 3, 3]]), 4).tolist() == [[0, -1, 1]]  # slot 2 spans two
+
+
+def test_windows_need_one_entry_per_block_and_the_boxes(model, images):
+    tokens, layout = model.tokenize(images[:1], 1.0)
+    stages = split_blocks(list(model.vit.blocks), (4, 4, 4))
+    with pytest.raises(ValueError, match="one entry per block \\(12\\), got 3"):
+        run_stages(stages, tokens, Settings().sampling, windows=(112, 0, 0), boxes=layout.boxes, width=224)
+    with pytest.raises(ValueError, match="need the tokens' boxes"):
+        run_stages(stages, tokens, Settings().sampling, windows=(112,) + (0,) * 11)
 
 
 # ---------------------------------------------------------------- bad settings

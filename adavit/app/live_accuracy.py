@@ -8,8 +8,7 @@ resolution and its patching + stage-1 output cached once per (resolution, fine r
 `measure.cache.stage1_cache`; a keep or mode change then runs only ATS1 .. head on the cached tokens
 (`measure.cache.run_from_stage1`), which is what makes a keep-slider answer fast.
 A second cache level holds stage 2's output per (keep1, mode, fuse), so a keep2 change runs only
-ATS2 + stage 3 (about a third of the work); it is used when stage 2 has global attention only
-(windows[1] == 0, the default), otherwise every keep change resumes from stage 1.
+ATS2 + stage 3 (about a third of the work), local attention windows included.
 Without data: the nearest setting of the sweep shipped in the checkpoint's card, labelled so.
 """
 from __future__ import annotations
@@ -27,7 +26,7 @@ import torch
 from ..core.config import Settings
 from ..core.model import AdaViT, Prediction
 from ..data import FLOWERS_SPEC, eval_dataset
-from ..measure.cache import Stage2, run_from_stage1, run_from_stage2, stage1_cache, stage2_cache
+from ..measure.cache import Stage2, run_from_stage2, stage1_cache, stage2_cache
 from .cost import Costs
 
 PER_CLASS = 1
@@ -78,7 +77,6 @@ class LiveAccuracy:
         self._stage1: OrderedDict[tuple[int, float], list] = OrderedDict()
         self._results: dict[Settings, Accuracy] = {}
         self._stage2: OrderedDict[tuple, list[Stage2]] = OrderedDict()
-        self.two_level = int(model.config.windows[1]) == 0 and int(model.config.windows[2]) == 0
 
     @property
     def history(self) -> list[Accuracy]:
@@ -109,8 +107,6 @@ class LiveAccuracy:
 
     def _predict(self, settings: Settings) -> list[tuple[Prediction, torch.Tensor]]:
         caches = self._caches(settings.resolution, settings.fine_ratio)
-        if not self.two_level:
-            return [(run_from_stage1(self.model, c, settings), t) for c, t in caches]
         key = (settings.resolution, settings.fine_ratio, settings.keep1, settings.mode, settings.fuse)
         if key not in self._stage2:
             self._stage2[key] = [stage2_cache(self.model, c, settings) for c, _ in caches]

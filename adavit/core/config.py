@@ -119,5 +119,12 @@ class AdaViTConfig:
         if self.class_names and len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
 
+    @property
+    def block_windows(self) -> tuple[int, ...]:
+        """The window of every block, in order (0 = global): a stage with a window alternates local and
+        global attention from its first block on. Per block, so that a strategy that splits the same
+        blocks into other stages still runs the attention this network was trained with."""
+        return tuple(w if i % 2 == 0 else 0 for n, w in zip(self.stages, self.windows) for i in range(n))
+
     def to_dict(self) -> dict:
         return asdict(self)

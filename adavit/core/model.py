@@ -106,7 +106,7 @@ class AdaViT(nn.Module):
         """Stages `start..3` with their samplers (start=1 resumes from cached stage-1 output)."""
         return run_stages(
             self.stages, tokens, settings.sampling, start=start,
-            windows=self.config.windows, boxes=layout.boxes, width=layout.size[1], scorers=self.scorers,
+            windows=self.config.block_windows, boxes=layout.boxes, width=layout.size[1], scorers=self.scorers,
         )
 
     def features(self, tokens: Tokens) -> torch.Tensor:

@@ -58,21 +58,32 @@ def run_stage(
     tokens: Tokens,
     *,
     score: bool,
-    local_mask: torch.Tensor | None = None,
+    windows: Sequence[int] | None = None,
+    boxes: torch.Tensor | None = None,
+    width: int | None = None,
     value_norm: bool = True,
     scorer: nn.Module | None = None,
 ) -> tuple[Tokens, torch.Tensor | None]:
-    """Blocks of one stage (local attention on every other block when a window mask is given).
+    """Blocks of one stage; block i attends within `windows[i]`-px cells when that is not 0.
 
+    `boxes` (B, T, 4) and `width` locate the stage-0 tokens that `tokens.src` points to.
     value_norm=False scores by CLS attention alone (EViT) instead of ATS's attention x |V|.
     `scorer` (a `core.scorer.LearnedScorer`) scores the stage's output tokens instead."""
+    windows = tuple(windows) if windows else (0,) * len(blocks)
+    if len(windows) != len(blocks):
+        raise ValueError(f"{len(windows)} windows for a stage of {len(blocks)} blocks")
+    if any(windows) and boxes is None:
+        raise ValueError("local windows need the tokens' boxes (the layout) to know which cell each token is in")
     pad = key_padding_mask(tokens.valid, tokens.num_prefix)
+    masks = {0: pad}  # the tokens don't change within a stage, so each window's mask is built once
+    for w in set(windows) - {0}:
+        masks[w] = local_window_mask(window_ids(_centres(tokens, boxes), w, width), tokens.num_prefix, tokens.valid)
     sink: list[torch.Tensor] = []
     hook = _scores_hook(blocks[-1], sink) if score and scorer is None else None
     x = tokens.x
     try:
-        for i, blk in enumerate(blocks):
-            mask = local_mask if local_mask is not None and i % 2 == 0 else pad
+        for blk, w in zip(blocks, windows):
+            mask = masks[w]
             x = blk(x) if mask is None else blk(x, attn_mask=mask)
     finally:
         if hook is not None:
@@ -104,24 +115,26 @@ def run_stages(
 ) -> StagesOut:
     """Stages `start..` with a sampler after each stage but the last.
 
-    `boxes` (B, T, 4) and `width` locate stage-0 tokens for local windows (`windows[s]` px, 0 = off).
+    `windows` has one entry per block of all the stages (`AdaViTConfig.block_windows`; None: global
+    attention everywhere); `boxes` (B, T, 4) and `width` locate the stage-0 tokens for them.
     `reducer(tokens, scores, keep, s)` replaces ATS's `reduce` (the peer strategies in core.strategies).
     `scorers[s]` scores the tokens at sampler s instead of CLS attention x |V| (a learned scorer).
     """
     if len(sampling.keep) != len(stages) - 1:
         raise ValueError(f"{len(stages)} stages need {len(stages) - 1} keep ratios, got {sampling.keep}")
+    bounds = [0]
+    for stage in stages:
+        bounds.append(bounds[-1] + len(stage))
+    if windows is not None and len(windows) != bounds[-1]:
+        raise ValueError(f"windows needs one entry per block ({bounds[-1]}), got {len(windows)}")
     selections, counts = [], []
     for s in range(start, len(stages)):
-        window = windows[s] if windows else 0
-        local = None
-        if window and boxes is not None:
-            ids = window_ids(_centres(tokens, boxes), window, width)
-            local = local_window_mask(ids, tokens.num_prefix, tokens.valid)
         counts.append(tokens.counts)
         last = s == len(stages) - 1
         scorer = scorers[s] if scorers is not None and not last else None
-        tokens, scores = run_stage(stages[s], tokens, score=not last, local_mask=local, value_norm=value_norm,
-                                   scorer=scorer)
+        tokens, scores = run_stage(stages[s], tokens, score=not last, value_norm=value_norm, scorer=scorer,
+                                   windows=windows[bounds[s]:bounds[s + 1]] if windows else None,
+                                   boxes=boxes, width=width)
         if not last:
             if reducer is None:
                 tokens, sel = reduce(tokens, scores, sampling.keep[s], sampling.mode, sampling.fuse)

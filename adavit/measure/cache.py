@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.attention import local_window_mask, window_ids
 from ..core.config import Settings
 from ..core.model import AdaViT, Prediction
 from ..core.patching import Layout
@@ -29,15 +28,17 @@ class Stage1:
     fine_ratio: float
 
 
+def _where(model: AdaViT, s: int, layout: Layout) -> dict:
+    """Stage s's attention windows and the tokens' boxes, as `run_stages` hands them to `run_stage`."""
+    start = sum(model.config.stages[:s])
+    return {"windows": model.config.block_windows[start:start + model.config.stages[s]],
+            "boxes": layout.boxes, "width": layout.size[1]}
+
+
 def stage1_cache(model: AdaViT, images: torch.Tensor, fine_ratio: float) -> Stage1:
     """Run patching and stage 1 once; `run_from_stage1` then finishes any keep1/keep2/mode/fuse."""
     tokens, layout = model.tokenize(images, fine_ratio)
-    local = None
-    window = model.config.windows[0]
-    if window:  # as run_stages does; at stage 1 every token is a real patch, so its box centre is its place
-        centres = (layout.boxes[..., :2] + layout.boxes[..., 2:]) / 2
-        local = local_window_mask(window_ids(centres, window, layout.size[1]), tokens.num_prefix, tokens.valid)
-    out, scores = run_stage(model.stages[0], tokens, score=True, local_mask=local, scorer=model.scorer(0))
+    out, scores = run_stage(model.stages[0], tokens, score=True, scorer=model.scorer(0), **_where(model, 0, layout))
     return Stage1(out, scores, layout, tokens.counts, float(fine_ratio))
 
 
@@ -65,10 +66,11 @@ class Stage2:
 
 
 def stage2_cache(model: AdaViT, s1: Stage1, settings: Settings) -> Stage2:
-    """ATS1 + stage 2 from a stage-1 cache (global attention in stage 2, as `run_stages` runs it)."""
+    """ATS1 + stage 2 from a stage-1 cache."""
     sampling = settings.sampling
     tokens, sel1 = reduce(s1.tokens, s1.scores, sampling.keep[0], sampling.mode, sampling.fuse)
-    out, scores = run_stage(model.stages[1], tokens, score=True, scorer=model.scorer(1))
+    out, scores = run_stage(model.stages[1], tokens, score=True, scorer=model.scorer(1),
+                            **_where(model, 1, s1.layout))
     return Stage2(out, scores, sel1, (s1.count, tokens.counts))
 
 
@@ -76,7 +78,7 @@ def run_from_stage2(model: AdaViT, s1: Stage1, s2: Stage2, settings: Settings) -
     """The same Prediction as `model(images, settings)`, resumed at ATS2."""
     sampling = settings.sampling
     tokens, sel2 = reduce(s2.tokens, s2.scores, sampling.keep[1], sampling.mode, sampling.fuse)
-    out, _ = run_stage(model.stages[2], tokens, score=False, local_mask=None)
+    out, _ = run_stage(model.stages[2], tokens, score=False, **_where(model, 2, s1.layout))
     counts = torch.stack([*s2.counts, tokens.counts], 1)
     feats = model.features(out)
     return Prediction(model.vit.head(feats), counts, s1.layout, [s2.sel1, sel2], feats)

@@ -100,7 +100,8 @@ def markdown(out: dict) -> str:
         f"offered: {', '.join(map(str, out['protocol'].get('sides', [224])))} px). "
         f"{chosen}{out['protocol']['select']}; "
         "margins: (+images only AdaViT gets right / -images only the other gets right, McNemar's exact p); "
-        f"the report half is {out['protocol']['report']}. GFLOPs: {out['protocol']['gflops']}.",
+        f"the report half is {out['protocol']['report']}. GFLOPs: {out['protocol']['gflops']}. "
+        f"Attention: {out['protocol'].get('attention', 'global in every block')}.",
         f"Command: `{out['command']}`",
     ]
     for key, t in (out.get("tuned") or {}).items():

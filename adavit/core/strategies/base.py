@@ -61,6 +61,12 @@ def embedded(layout: Layout, patch: int) -> torch.Tensor:
     return torch.tensor(n, device=layout.scales.device)
 
 
+def attention_of(model, layout: Layout) -> dict:
+    """The checkpoint's own attention for `run_stages`: its windows per block (a hybrid GC-ViT stage 1
+    stays hybrid whatever stages a strategy splits the blocks into) and where the tokens sit."""
+    return {"windows": model.config.block_windows, "boxes": layout.boxes, "width": layout.size[1]}
+
+
 def check_split(model, split: tuple[int, ...], n_keep: int) -> None:
     if len(split) != n_keep + 1 or min(split) < 1 or sum(split) != len(model.vit.blocks):
         raise ValueError(f"split {split} with {n_keep} keep ratios: {DEPTH_HINT}, one more stage than keep ratios")
@@ -72,7 +78,7 @@ def prune(model, images: torch.Tensor, split: tuple[int, ...], keep: tuple[float
     check_split(model, split, len(keep))
     tokens, layout = model.tokenize(images, fine_ratio)
     out = run_stages(split_blocks(model.vit.blocks, split), tokens, Sampling(keep), reducer=reducer,
-                     value_norm=value_norm)
+                     value_norm=value_norm, **attention_of(model, layout))
     return from_stages(model, out, layout, split)
 
 

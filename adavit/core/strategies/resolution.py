@@ -3,7 +3,8 @@
 The same weights, the position grid resampled to the new patch grid exactly as AdaViT resamples it
 (`patching.position_grid`), and timm's blocks on every token. The input is the 224 px eval crop
 resized with antialiasing, so every strategy sees the same field of view. Sides may differ by one
-patch (e.g. 98 x 112) to land on budgets a square grid cannot.
+patch (e.g. 98 x 112) to land on budgets a square grid cannot. A hybrid checkpoint's windows keep
+their side in patches (112 px = 8 patches of 14), so on a small image one window may hold it all.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from ..config import MAX_SIDE, Sampling
 from ..patching import Layout, patch_size, position_grid, prefix_tokens
 from ..sampler import Tokens
 from ..stages import run_stages
-from .base import Outcome, from_stages
+from .base import Outcome, attention_of, from_stages
 
 
 def every_token(vit, images: torch.Tensor) -> tuple[Tokens, Layout]:
@@ -56,7 +57,7 @@ class Resolution:
             x = F.interpolate(images, size=self.size, mode="bilinear", antialias=True, align_corners=False)
         tokens, layout = every_token(model.vit, x)
         depth = len(model.vit.blocks)
-        out = run_stages([list(model.vit.blocks)], tokens, Sampling(keep=()))
+        out = run_stages([list(model.vit.blocks)], tokens, Sampling(keep=()), **attention_of(model, layout))
         outcome = from_stages(model, out, layout, (depth,))
         outcome.image_size = tuple(images.shape[-2:])
         return outcome

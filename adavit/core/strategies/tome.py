@@ -13,6 +13,8 @@ no seam there, so here a block's keys are caught with a hook on `attn.qkv` and i
 right after it: block i's MLP still runs on the unmerged tokens (slightly more compute, counted).
 Prefix tokens beyond CLS (registers, a distillation token) sit out of the matching: they are
 put back after CLS for every block and never merge, so one CLS token matches exactly as in ToMe.
+A hybrid checkpoint's local blocks keep their windows: a merged token stays in its window while all
+it holds lies in one, and attends globally once it spans several (as a fused token does in AdaViT).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..attention import local_window_mask, window_ids
 from ..patching import patch_size
 from ..sampler import Tokens
 from ..stages import _scores_hook
@@ -91,6 +94,14 @@ def proportional_mask(size: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | 
     return size.log().to(dtype)[:, None, None, :, 0]
 
 
+def slot_windows(ids: torch.Tensor, slot: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, n - 1) the window of each patch slot of x (slot 0, CLS, left out) from the stage-0 tokens'
+    windows `ids` (B, T) and their slots `slot` (B, T): the one window its tokens share, else -1."""
+    lo = ids.new_full((ids.shape[0], n), torch.iinfo(ids.dtype).max).scatter_reduce(1, slot, ids, "amin")
+    hi = ids.new_full((ids.shape[0], n), -1).scatter_reduce(1, slot, ids, "amax")
+    return torch.where(lo == hi, lo, -1)[:, 1:]
+
+
 def keys(qkv: torch.Tensor, attn) -> torch.Tensor:
     """The block's keys averaged over heads (B, N, head_dim): ToMe's similarity metric."""
     b, n, _ = qkv.shape
@@ -115,12 +126,17 @@ class ToMe:
         size = torch.ones(bsz, n, 1, dtype=x.dtype, device=x.device)
         slot = torch.arange(1, n, device=x.device).expand(bsz, -1)  # stage-0 token -> slot of x (CLS = 0)
         counts, merges = [], []
-        for blk in model.vit.blocks:
+        centres = (layout.boxes[..., :2] + layout.boxes[..., 2:]) / 2
+        for blk, window in zip(model.vit.blocks, model.config.block_windows, strict=True):
             counts.append(x.shape[1] + extra.shape[1])
             sink: list[torch.Tensor] = []
             hook = _scores_hook(blk, sink)
             try:
                 mask = proportional_mask(_with(size, torch.ones_like(size[:, 1:p])), x.dtype)
+                if window:
+                    ids = slot_windows(window_ids(centres, window, layout.size[1]), slot, x.shape[1])
+                    local = local_window_mask(ids, p, None)
+                    mask = local if mask is None else torch.where(local, mask, float("-inf"))
                 full = _with(x, extra)
                 full = blk(full) if mask is None else blk(full, attn_mask=mask)
             finally:
