@@ -476,6 +476,8 @@ def test_ablate_on_the_held_out_train_images_its_cards_name(folder, tmp_path, ca
     assert res["command"] == "python -m adavit compare " + " ".join(cmp_args)  # what regenerates it
     assert compare([*cmp_args, "--update-card"]) == 2
     assert "without --on holdout" in capsys.readouterr().err
+    assert compare([*cmp_args, "--tuned", f"resolution={other}"]) == 2  # it may have trained on the selection set
+    assert f"--tuned resolution={other} did not hold out the same train images" in capsys.readouterr().err
     windowed = save("windowed.safetensors", {"holdout_files": keys}, windows=(112, 0, 0))
     assert compare([*cmp_args[2:], "--checkpoint", str(windowed), "--sides", "224"]) == 0  # all run its windows
     want = "local windows of 112 px in blocks 0, 2 (0-based), global elsewhere, in every strategy"

@@ -61,9 +61,45 @@ def test_soup_refuses_bad_weights(tmp_path):
         soup.main([a, b, "--weights", "2,x", "--out", str(tmp_path / "s.safetensors")])
 
 
+def test_a_learned_part_only_some_ingredients_have_is_averaged_over_those(tmp_path):
+    """WiSE-FT across recipes: a run with every token (no scorer) averaged into an AdaViT with one."""
+    plain, learned = _saved(tmp_path, "plain", 0), _saved(tmp_path, "learned", 1, scorer="learned")
+    gated = _saved(tmp_path, "gated", 2, scorer="learned", gate="learned")
+    out = tmp_path / "soup.safetensors"
+    soup.main([plain, learned, gated, "--weights", "1,1,2", "--out", str(out)])
+    got = checkpoint.load_model(out)
+    assert (got.config.scorer, got.config.gate) == ("learned", "learned")
+    sp, sl, sg = (checkpoint.load_model(p).state_dict() for p in (plain, learned, gated))
+    assert not any(k.startswith(("scorers.", "gate")) for k in sp)  # it has none of those weights
+    for k, v in got.state_dict().items():
+        if k in sp:  # every ingredient has it: the weighted mean of all three
+            want = (sp[k] + sl[k] + 2 * sg[k]) / 4
+        elif k in sl:  # the scorer: the mean over the two that have one, weighted 1 and 2
+            want = (sl[k] + 2 * sg[k]) / 3
+        else:  # the gate: the one ingredient that has it
+            want = sg[k]
+        torch.testing.assert_close(v, want, rtol=1e-3, atol=1e-5)  # up to the saved soup's fp16 rounding
+    assert any(k.startswith("gate") and k not in sl for k in got.state_dict())  # the last branch was taken
+    assert checkpoint.read_card(out)["recipe"]["averaged_over"] == {"gate": [gated], "scorer": [learned, gated]}
+    assert checkpoint.read_card(out)["recipe"]["soup"][2]["weight"] == 2.0
+    assert checkpoint.read_card(out)["selection"] is None  # no ingredient held images out
+
+
+def test_a_soup_holds_out_what_no_ingredient_trained_on():
+    def card(*files):
+        return {"selection": {"holdout_files": list(files), "seed": 0}}
+
+    assert soup.held_out_by_all([card("b/2.jpg", "a/1.jpg"), card("a/1.jpg", "b/2.jpg")]) == {
+        "holdout_files": ["b/2.jpg", "a/1.jpg"]}
+    assert soup.held_out_by_all([card("a/1.jpg", "b/2.jpg"), card("b/2.jpg", "c/3.jpg")]) == {
+        "holdout_files": ["b/2.jpg"]}
+    assert soup.held_out_by_all([card("a/1.jpg"), card("b/2.jpg")]) is None
+    assert soup.held_out_by_all([card("a/1.jpg"), {"selection": None}]) is None  # one trained on every image
+
+
 def test_soup_refuses_other_configs_one_checkpoint_and_overwriting_an_ingredient(tmp_path):
-    a, b = _saved(tmp_path, "a", 0), _saved(tmp_path, "b", 1, scorer="learned")
-    with pytest.raises(ValueError, match="differs from .* in scorer"):
+    a, b = _saved(tmp_path, "a", 0), _saved(tmp_path, "b", 1, scorer="learned", windows=(112, 0, 0))
+    with pytest.raises(ValueError, match="differs from .* in windows: only checkpoints of one config"):
         soup.soup([a, b])
     with pytest.raises(ValueError, match="at least two checkpoints"):
         soup.soup([a])

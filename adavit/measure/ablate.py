@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> dict:
     models = load_models(base, variants)
     spec, data_seed = data.card_data(checkpoint.read_card(base), args.data)
     root = data.resolve_data_root(args.data_root) if spec == data.labelled.FLOWERS else None
-    held = held_out_files(base, variants) if args.on == "holdout" else ()
+    held = held_out_files(base, {f"--variant {n}": p for n, p in variants.items()}) if args.on == "holdout" else ()
     check_side(args.high_side, "--high-side", models["base"][0].patch)
     table = rows(variants, args.high_side)
     if args.rows:

@@ -481,17 +481,18 @@ def pair_with_adavit(strategies: dict[str, list[dict]], arms: dict[str, Arm], ba
                                        "report": metrics.paired(b[n_select:], a[n_select:])}
 
 
-def held_out_files(base: Path, variants: dict[str, str] | None = None) -> tuple[str, ...]:
-    """The base run's held-out train images, which every variant must also have held out."""
+def held_out_files(base: Path, others: dict[str, str | Path] | None = None) -> tuple[str, ...]:
+    """The base run's held-out train images, which every other checkpoint measured beside it (keyed by the
+    flag that named it: `--variant gate`, `--tuned resolution`) must also have held out."""
     selection = checkpoint.read_card(base).get("selection") or {}
     names = tuple(selection.get("holdout_files") or ())
     if not names:
         raise ValueError(f"--on holdout: the card of {base} records no held-out train images (train it with "
                          "--holdout N), so there is no selection set but val")
-    for name, path in (variants or {}).items():
+    for flag, path in (others or {}).items():
         theirs = (checkpoint.read_card(Path(path)).get("selection") or {}).get("holdout_files") or ()
         if set(theirs) != set(names):
-            raise ValueError(f"--on holdout: --variant {name} did not hold out the same train images as {base} "
+            raise ValueError(f"--on holdout: {flag}={path} did not hold out the same train images as {base} "
                              "(train both with the same --holdout and --seed), so it may have trained on them")
     return names
 
@@ -504,7 +505,8 @@ def run(args: argparse.Namespace) -> dict:
     model = checkpoint.load_model(weights)
     spec, data_seed = data.card_data(checkpoint.read_card(weights), args.data)
     root = data.resolve_data_root(args.data_root) if spec == data.labelled.FLOWERS else None
-    held = held_out_files(weights) if args.on == "holdout" else ()
+    # a tuned arm that trained on the selection images would be scored on its own training set
+    held = held_out_files(weights, {f"--tuned {n}": p for n, p in args.tuned}) if args.on == "holdout" else ()
     sides = args.sides or (RESOLUTION, RESOLUTION + model.region)
     for side in sides:
         check_side(side, "--sides", model.patch)

@@ -44,6 +44,18 @@ def read_card(path: str | Path) -> dict:
     return json.loads(p.read_text()) if p.exists() else {}
 
 
+def load_config(path: str | Path) -> AdaViTConfig:
+    """The config a checkpoint was saved with (its safetensors metadata), without reading its weights."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if "config" not in meta:
+        raise ValueError(f"{path} is not an AdaViT checkpoint (no config in its metadata)")
+    cfg = json.loads(meta["config"])
+    return AdaViTConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+
+
 def load_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> AdaViT:
     """A trained AdaViT (the shipped Flowers-102 checkpoint by default), in eval mode, fp32."""
     path = Path(path) if path else SHIPPED
@@ -52,15 +64,7 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
             f"no checkpoint at {path}; train one with `python -m adavit train` "
             "or build an untrained model with adavit.from_backbone()"
         )
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    if "config" not in meta:
-        raise ValueError(f"{path} is not an AdaViT checkpoint (no config in its metadata)")
-    cfg = json.loads(meta["config"])
-    config = AdaViTConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
-    model = AdaViT.create(config)
+    model = AdaViT.create(load_config(path))
     state = {k: v.float() for k, v in load_file(str(path)).items()}
     model.load_state_dict(state)
     return model.to(device).eval()
