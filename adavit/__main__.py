@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("adavit.measure.evaluate", "accuracy, weighted F1, GFLOPs, tokens and latency of one setting"),
     "sweep": ("adavit.measure.sweep", "a grid of settings on val, with the Pareto chart"),
     "compare": ("adavit.measure.compare", "AdaViT against resolution, random, EViT, ATS and ToMe at matched GFLOPs"),
+    "pool": ("adavit.measure.pool", "compare runs on disjoint held-out folds as one measurement, with its spread"),
     "ablate": ("adavit.measure.ablate", "what each part of AdaViT buys at matched GFLOPs (gate, scorer, samplers...)"),
     "bench": ("adavit.measure.bench", "batch-1 and batch-32 latency and GFLOPs against timm's full-token ViT"),
     "traintime": ("adavit.train.traintime", "wall time per training epoch, adaptive against every token"),

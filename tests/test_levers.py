@@ -76,6 +76,18 @@ def test_holdout_is_stratified_disjoint_and_seeded():
         split_holdout(pairs, 6, seed=0)
 
 
+def test_holdout_folds_of_one_seed_are_disjoint_and_fold_0_is_the_default():
+    pairs = tuple((f"{c}_{i}.jpg", c) for c in range(5) for i in range(6))
+    folds = [split_holdout(pairs, 2, seed=1, fold=k)[1] for k in range(3)]
+    assert folds[0] == split_holdout(pairs, 2, seed=1)[1]
+    assert sorted(p for fold in folds for p in fold) == sorted(pairs)  # three folds of two cover six per class
+    for k, held in enumerate(folds):
+        assert sorted(y for _, y in held) == [c for c in range(5) for _ in range(2)]
+        assert not set(held) & set(folds[k - 1])
+    with pytest.raises(ValueError, match="--holdout-fold 3: the smallest class \\(6 images\\) has folds 0 to 2"):
+        split_holdout(pairs, 2, seed=1, fold=3)
+
+
 def records(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
@@ -87,7 +99,8 @@ def test_recipe_with_holdout_and_distillation(tmp_path, backbone_ready):
                         ("sandwich", ["--distill", "0.5", "--sandwich"])):
         out = tmp_path / name
         export = tmp_path / f"{name}.safetensors"
-        assert train(["--out", str(out), "--holdout", "1", "--export", str(export), *TINY, *extra]) == 0
+        assert train(["--out", str(out), "--holdout", "1", "--holdout-fold", "1", "--export", str(export), *TINY,
+                      *extra]) == 0
         runs[name] = load_file(str(out / "model.safetensors"))
         epoch = records(out)[-1]
         assert "val_top1_default" not in epoch and 0 <= epoch["holdout_top1_default"] <= 1  # val untouched
@@ -95,6 +108,8 @@ def test_recipe_with_holdout_and_distillation(tmp_path, backbone_ready):
     held = card["selection"]["holdout_files"]
     train_files = {Path(p).name for p, _ in data.open_data().train}
     assert len(held) == 102 and set(held) <= train_files and card["recipe"]["sandwich"]
+    fold0 = data.open_data().train_keys(split_holdout(data.open_data().train, 1, card["recipe"]["seed"])[1])
+    assert card["selection"]["fold"] == 1 and not set(held) & set(fold0)  # fold 1 of the seed, not fold 0
     for a, b in (("plain", "distill"), ("distill", "sandwich")):  # the teacher changes the updates
         assert max(float((runs[a][k] - runs[b][k]).abs().max()) for k in runs[a]) > 0
 

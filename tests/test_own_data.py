@@ -474,6 +474,12 @@ def test_ablate_on_the_held_out_train_images_its_cards_name(folder, tmp_path, ca
     assert res["on"] == "holdout" and res["protocol"]["all"] == "10 held-out train images"
     assert "On 10 held-out train images." in (tmp_path / "cmp.md").read_text()
     assert res["command"] == "python -m adavit compare " + " ".join(cmp_args)  # what regenerates it
+    assert res["holdout_files"] == list(keys)  # the run says which images it measured: `pool` checks them
+    from adavit.measure.pool import main as pool
+
+    runs = [str(tmp_path / "cmp.json")] * 2
+    assert pool([*runs, "--json", str(tmp_path / "pool.json")]) == 2  # the same fold twice
+    assert "share 10 of their images" in capsys.readouterr().err
     assert compare([*cmp_args, "--update-card"]) == 2
     assert "without --on holdout" in capsys.readouterr().err
     assert compare([*cmp_args, "--tuned", f"resolution={other}"]) == 2  # it may have trained on the selection set

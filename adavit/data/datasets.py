@@ -67,11 +67,13 @@ def class_names(root: str | Path | None = None) -> list[str]:
     return [names.get(str(i + 1), f"class {i + 1}") for i in range(NUM_CLASSES)]
 
 
-def stratified_subset(targets: list[int], per_class: int, seed: int = 0) -> list[int]:
-    """`per_class` indices of every class, fixed by the seed."""
+def stratified_subset(targets: list[int], per_class: int, seed: int = 0, fold: int = 0) -> list[int]:
+    """`per_class` indices of every class, fixed by the seed. Folds 0, 1, ... of one seed are disjoint: fold k
+    takes the k-th run of `per_class` in each class's permutation."""
     rng = np.random.default_rng(seed)
     by_class: dict[int, list[int]] = {}
     for i, t in enumerate(targets):
         by_class.setdefault(int(t), []).append(i)
-    picked = [j for c in sorted(by_class) for j in rng.permutation(by_class[c])[:per_class]]
+    start = fold * per_class
+    picked = [j for c in sorted(by_class) for j in rng.permutation(by_class[c])[start:start + per_class]]
     return sorted(int(j) for j in picked)

@@ -584,6 +584,7 @@ def run(args: argparse.Namespace) -> dict:
             "latency": f"median ms, batch 1 ({args.latency_runs} rounds) and batch 32 ({args.latency_runs_b32} "
                        f"rounds), all points in alternating rounds, {torch.get_num_threads()} threads",
         },
+        **({"holdout_files": list(held)} if held else {}),
         "checkpoint": str(weights), "command": args.command, "wall_time_s": round(time.time() - t0, 1),
         "machine": machine(load_at_start),
     }

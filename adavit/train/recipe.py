@@ -166,6 +166,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     sel.add_argument("--holdout", type=int, default=0, metavar="N",
                      help="hold out N train images per class (stratified, --seed): never trained on, evaluated "
                           "each epoch instead of val, recorded in the card")
+    sel.add_argument("--holdout-fold", type=int, default=0, metavar="K",
+                     help="which N per class: folds 0, 1, ... of one --seed are disjoint, so runs on several folds "
+                          "give more held-out images to choose on (pool their compares with `adavit pool`)")
     lv = p.add_argument_group("levers")
     lv.add_argument("--distill", type=float, default=0.0, metavar="W",
                     help="self-distillation: share W of the reduced path's loss is the KL to the full-token path")
@@ -358,7 +361,7 @@ def train(args, world: distributed.World, device: torch.device) -> int:
     if distill.top and (distill.weight == 0 or len(sides) < 2):
         raise ValueError("--distill-top needs --distill W and --train-resolutions with two or more sides "
                          "(the teacher sees the largest)")
-    train_pairs, holdout = split_holdout(dataset.train, args.holdout, args.seed)
+    train_pairs, holdout = split_holdout(dataset.train, args.holdout, args.seed, args.holdout_fold)
     per_step = micro_batch(args, world)
     model = build_model(args, dataset.classes).to(device)
     frozen_prefix(model, args.freeze_blocks)
@@ -472,7 +475,7 @@ def train(args, world: distributed.World, device: torch.device) -> int:
     if world.main:
         final = out / "model.safetensors"
         card = {"recipe": vars(args), "dataset": dataset.card(args.data), "default_settings": default.to_dict(),
-                "selection": {"holdout_per_class": args.holdout, "seed": args.seed,
+                "selection": {"holdout_per_class": args.holdout, "seed": args.seed, "fold": args.holdout_fold,
                               "holdout_files": dataset.train_keys(holdout)} if holdout else None,
                 "start_from": {"path": args.start_from, "sha256": sha256(Path(args.start_from))}
                 if args.start_from else None,
@@ -497,16 +500,20 @@ def train_sides(args) -> list[int]:
     return sides
 
 
-def split_holdout(pairs, per_class: int, seed: int) -> tuple[tuple, tuple]:
+def split_holdout(pairs, per_class: int, seed: int, fold: int = 0) -> tuple[tuple, tuple]:
     """(train, holdout): `per_class` images of every class kept out of training to choose recipes on."""
     if per_class <= 0:
         return tuple(pairs), ()
     targets = [y for _, y in pairs]
     counts = np.bincount(targets)
-    if per_class >= counts[counts > 0].min():
+    smallest = counts[counts > 0].min()
+    if per_class >= smallest:
         raise ValueError(f"--holdout {per_class} leaves a class with no training image (smallest class: "
-                         f"{counts[counts > 0].min()} images)")
-    held = set(data.stratified_subset(targets, per_class, seed))
+                         f"{smallest} images)")
+    if not 0 <= fold < smallest // per_class:
+        raise ValueError(f"--holdout-fold {fold}: the smallest class ({smallest} images) has folds 0 to "
+                         f"{smallest // per_class - 1} of {per_class} images")
+    held = set(data.stratified_subset(targets, per_class, seed, fold))
     return (tuple(p for i, p in enumerate(pairs) if i not in held), tuple(p for i, p in enumerate(pairs) if i in held))
 
 
